@@ -1,0 +1,367 @@
+"""Typed configuration: a schema of dataclasses, values from YAML blocks, dotted overrides.
+
+The schema below fixes every key's *type*; the *values* live in one place only, the YAML
+blocks of ``configs/``. A run's config is built by merging, in order:
+
+    defaults  ->  suite block (atari | dmc | toy)  ->  agent block (mwm | dreamerv2 | curl
+    | siammae)  ->  "<agent>_<suite>" block if present  ->  preset block (tiny | small;
+    "default" adds none)  ->  command-line overrides (``--rssm.deter 600``)
+
+OmegaConf's structured configs do the typed merging. Unknown keys and wrong types are
+turned into :class:`mwm.errors.UserError` with the key's name and the nearest valid names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Sequence
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from mwm.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+SUITES = ("atari", "dmc", "toy")
+AGENTS = ("mwm", "dreamerv2", "curl", "siammae")
+PRESETS = ("tiny", "small", "default")
+
+
+@dataclass
+class RunConfig:
+    """The run: what to train, where, for how long, and the update schedule."""
+
+    env: str = MISSING  # env name, e.g. atari_pong, dmc_walker_walk, toy_catch
+    agent: str = MISSING  # mwm | dreamerv2 | curl | siammae
+    preset: str = MISSING  # tiny | small | default
+    logdir: str = MISSING  # run directory; re-using it resumes
+    seed: int = MISSING  # seeds torch, numpy, python and the envs
+    device: str = MISSING  # auto | cpu | cuda | cuda:N
+    steps: int = MISSING  # agent steps to train for (each is action_repeat env frames)
+    envs: int = MISSING  # parallel training envs (worker processes when > 1)
+    parallel: bool = MISSING  # worker processes (True) or in-process envs (False)
+    prefill: int = MISSING  # agent steps of the random policy before training
+    pretrain: int = MISSING  # updates before the first policy step (MWM: autoencoder only)
+    train_every: int = MISSING  # agent steps between scheduled updates
+    train_steps: int = MISSING  # updates at each scheduled point
+    eval_every: int = MISSING  # agent steps between evaluations (0: never)
+    eval_episodes: int = MISSING
+    log_every: int = MISSING  # agent steps between metric writes
+    report_every: int = MISSING  # agent steps between image/video reports (0: never)
+    checkpoint_every: int = MISSING  # agent steps between checkpoints
+    max_nonfinite: int = MISSING  # consecutive non-finite updates before the run stops
+
+
+@dataclass
+class EnvConfig:
+    """Environment settings; each suite reads the keys that apply to it."""
+
+    size: List[int] = MISSING  # [H, W] of the rendered observation
+    action_repeat: int = MISSING
+    grayscale: bool = MISSING  # Atari: one channel instead of RGB
+    sticky: float = MISSING  # Atari: repeat_action_probability
+    noops: int = MISSING  # Atari: up to this many random no-ops at reset
+    life_done: bool = MISSING  # Atari: losing a life ends the episode
+    time_limit: int = MISSING  # agent steps per episode (0: the suite's own)
+    camera: int = MISSING  # DMC: camera id (-1: 0, or 2 for quadruped)
+    fast_render: bool = MISSING  # DMC: cheaper shadows / offscreen samples
+    object_size: int = MISSING  # toy_catch: falling object's side in pixels (1..16)
+
+
+@dataclass
+class ReplayConfig:
+    capacity: int = MISSING  # steps kept in RAM (all episodes stay on disk)
+    batch: int = MISSING  # world-model batch: sequences
+    length: int = MISSING  # world-model batch: steps per sequence
+    prioritize_ends: bool = MISSING
+    prefetch: int = MISSING  # batches sampled ahead on a background thread (0: off)
+
+
+@dataclass
+class MaeConfig:
+    """Masked autoencoder (DESIGN.md section 2, official MWM values)."""
+
+    stem: bool = MISSING  # conv stem (MWM); False = 8x8 pixel patches (ablation)
+    stem_channels: List[int] = MISSING
+    patch: int = MISSING  # pixel patch side (tokens are image_size / patch per side)
+    width: int = MISSING
+    depth: int = MISSING
+    heads: int = MISSING
+    mlp_ratio: float = MISSING
+    dec_width: int = MISSING
+    dec_depth: int = MISSING
+    dec_heads: int = MISSING
+    mask_type: str = MISSING  # random | tube | block | grid
+    mask_ratio: float = MISSING  # in [0, 1)
+    simmim: bool = MISSING  # mask tokens go through the encoder (SimMIM variant)
+    loss_on: str = MISSING  # all | masked
+    norm_pix: bool = MISSING
+    reward_head: bool = MISSING
+    reward_scale: float = MISSING
+    lr: float = MISSING
+    eps: float = MISSING
+    clip: float = MISSING
+    wd: float = MISSING
+    warmup: int = MISSING
+    batch: int = MISSING  # sequences per autoencoder batch
+    length: int = MISSING  # steps per sequence (batch * length frames)
+
+
+@dataclass
+class RssmConfig:
+    deter: int = MISSING
+    hidden: int = MISSING
+    stoch: int = MISSING
+    classes: int = MISSING
+    act: str = MISSING
+    norm: bool = MISSING
+    unimix: float = MISSING
+
+
+@dataclass
+class WorldModelConfig:
+    """RSSM world model (DESIGN.md section 3; DreamerV2 Atari values in section 4)."""
+
+    flat_width: int = MISSING  # MWM: flat ViT over the autoencoder's tokens
+    flat_depth: int = MISSING
+    flat_heads: int = MISSING
+    dec_width: int = MISSING
+    dec_depth: int = MISSING
+    dec_heads: int = MISSING
+    cnn_depth: int = MISSING  # DreamerV2 pixel encoder/decoder base channels
+    head_layers: int = MISSING
+    head_units: int = MISSING
+    reward_transform: str = MISSING  # symlog | tanh | none
+    discount_head: bool = MISSING
+    kl_balance: float = MISSING
+    kl_free: float = MISSING
+    kl_scale: float = MISSING
+    recon_scale: float = MISSING
+    reward_scale: float = MISSING
+    discount_scale: float = MISSING
+    lr: float = MISSING
+    eps: float = MISSING
+    clip: float = MISSING
+    wd: float = MISSING
+
+
+@dataclass
+class ActorCriticConfig:
+    layers: int = MISSING
+    units: int = MISSING
+    horizon: int = MISSING
+    discount: float = MISSING
+    lam: float = MISSING
+    entropy: float = MISSING
+    actor_grad: str = MISSING  # auto | reinforce | dynamics
+    slow_critic_every: int = MISSING
+    return_norm: bool = MISSING
+    min_std: float = MISSING
+    actor_lr: float = MISSING
+    critic_lr: float = MISSING
+    eps: float = MISSING
+    clip: float = MISSING
+    wd: float = MISSING
+
+
+@dataclass
+class SpeedConfig:
+    """GPU-path switches; each is a wrapper around the eager reference path."""
+
+    precision: str = MISSING  # fp32 | bf16 (bf16 autocast applies on CUDA only)
+    fused_optim: bool = MISSING
+    pin_memory: bool = MISSING
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    mae: MaeConfig = field(default_factory=MaeConfig)
+    rssm: RssmConfig = field(default_factory=RssmConfig)
+    wm: WorldModelConfig = field(default_factory=WorldModelConfig)
+    ac: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _load_blocks() -> dict:
+    """All named blocks of every YAML file in configs/, keyed by block name."""
+    blocks: dict = {}
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+        for name, block in data.items():
+            if name in blocks:
+                raise RuntimeError(f"config block '{name}' is defined twice ({path.name})")
+            blocks[name] = block or {}
+    return blocks
+
+
+def valid_keys(node: Any = None, prefix: str = "") -> List[str]:
+    """Every dotted key of the schema, e.g. ['run.env', ..., 'rssm.deter']."""
+    node = Config if node is None else node
+    keys = []
+    for f in dataclasses.fields(node):
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            keys += valid_keys(f.default_factory, name + ".")
+        else:
+            keys.append(name)
+    return keys
+
+
+def _nearest(key: str) -> str:
+    keys = valid_keys()
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+    if not close:  # try the last part alone: --deter -> rssm.deter
+        tail = key.split(".")[-1]
+        close = [k for k in keys if k.split(".")[-1] == tail][:3]
+    return f"; did you mean {', '.join(close)}?" if close else "; see configs/defaults.yaml for the keys"
+
+
+def _user_error(exc: OmegaConfBaseException, origin: str) -> UserError:
+    key = getattr(exc, "full_key", None) or ""
+    if isinstance(exc, ConfigKeyError) or "Key '" in str(exc) and "not in" in str(exc):
+        return UserError(f"unknown config key '{key}' ({origin}){_nearest(key)}")
+    if isinstance(exc, ValidationError):
+        msg = str(exc).splitlines()[0]
+        return UserError(f"bad value for config key '{key}' ({origin}): {msg}")
+    return UserError(f"config error at '{key}' ({origin}): {str(exc).splitlines()[0]}")
+
+
+def _merge(cfg: DictConfig, data: dict, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, data)
+    except OmegaConfBaseException as exc:
+        raise _user_error(exc, origin) from None
+
+
+def suite_of(env: str) -> str:
+    suite = env.split("_", 1)[0]
+    if suite not in SUITES:
+        raise UserError(f"unknown env '{env}': names start with one of {', '.join(s + '_' for s in SUITES)} "
+                        "(e.g. atari_pong, dmc_walker_walk, toy_catch)")
+    return suite
+
+
+def build(env: str, agent: str = "mwm", preset: str = "default", overrides: Sequence[str] = ()) -> DictConfig:
+    """Merge the YAML blocks for (env, agent, preset) and the dotted overrides.
+
+    ``overrides`` are ``key=value`` strings (``rssm.deter=600``); values are parsed as
+    YAML, so ``true``, ``3``, ``1e-4`` and ``[64,64]`` get their natural types.
+    """
+    if agent not in AGENTS:
+        raise UserError(f"unknown agent '{agent}'; choose one of {', '.join(AGENTS)}")
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    suite = suite_of(env)
+    blocks = _load_blocks()
+    cfg = OmegaConf.structured(Config)
+    order = ["defaults", suite, agent, f"{agent}_{suite}"]
+    if preset != "default":
+        order += [preset, f"{preset}_{agent}"]
+    for name in order:
+        if name in blocks:
+            cfg = _merge(cfg, blocks[name], f"block '{name}' of configs/")
+    cfg = _merge(cfg, {"run": {"env": env, "agent": agent, "preset": preset}}, "command line")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{item}' must look like key=value (e.g. rssm.deter=600)")
+        if key not in valid_keys():
+            raise UserError(f"unknown config key '{key}' (command line){_nearest(key)}")
+        cfg = _merge(cfg, _nested(key, _parse_value(value)), "command line")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"config key '{missing[0]}' has no value: set it with --{missing[0]} VALUE")
+    validate(cfg)
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _nested(key: str, value: Any) -> dict:
+    out: dict = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise UserError(f"bad value for config key '{key}': {message}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Value checks the types alone cannot express; each names its key."""
+    r, e, m = cfg.run, cfg.env, cfg.mae
+    _check(r.steps > 0, "run.steps", f"must be positive, got {r.steps}")
+    _check(r.envs > 0, "run.envs", f"must be positive, got {r.envs}")
+    _check(r.prefill >= 0, "run.prefill", f"must be >= 0, got {r.prefill}")
+    _check(r.pretrain >= 0, "run.pretrain", f"must be >= 0, got {r.pretrain}")
+    _check(r.train_every > 0, "run.train_every", f"must be positive, got {r.train_every}")
+    _check(r.train_steps > 0, "run.train_steps", f"must be positive, got {r.train_steps}")
+    for key in ("eval_every", "eval_episodes", "log_every", "report_every", "checkpoint_every"):
+        _check(r[key] >= 0, f"run.{key}", f"must be >= 0, got {r[key]}")
+    _check(r.log_every > 0, "run.log_every", f"must be positive, got {r.log_every}")
+    _check(r.checkpoint_every > 0, "run.checkpoint_every", f"must be positive, got {r.checkpoint_every}")
+    _check(r.max_nonfinite > 0, "run.max_nonfinite", f"must be positive, got {r.max_nonfinite}")
+    _check(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
+           f"'{r.device}' is not a device: use auto, cpu, cuda or cuda:N")
+    _check(len(e.size) == 2 and all(s > 0 for s in e.size), "env.size", f"must be [H, W] > 0, got {list(e.size)}")
+    _check(e.action_repeat > 0, "env.action_repeat", f"must be positive, got {e.action_repeat}")
+    _check(0.0 <= e.sticky <= 1.0, "env.sticky", f"must be in [0, 1], got {e.sticky}")
+    _check(1 <= e.object_size <= 16, "env.object_size", f"must be 1..16 pixels, got {e.object_size}")
+    _check(0.0 <= m.mask_ratio < 1.0, "mae.mask_ratio", f"must be in [0, 1), got {m.mask_ratio}")
+    _check(m.mask_type in ("random", "tube", "block", "grid"), "mae.mask_type",
+           f"'{m.mask_type}' is not one of random, tube, block, grid")
+    _check(m.loss_on in ("all", "masked"), "mae.loss_on", f"'{m.loss_on}' is not one of all, masked")
+    _check(e.size[0] % m.patch == 0, "mae.patch", f"{m.patch} must divide the image size {list(e.size)}")
+    _check(cfg.wm.reward_transform in ("symlog", "tanh", "none"), "wm.reward_transform",
+           f"'{cfg.wm.reward_transform}' is not one of symlog, tanh, none")
+    _check(cfg.ac.actor_grad in ("auto", "reinforce", "dynamics"), "ac.actor_grad",
+           f"'{cfg.ac.actor_grad}' is not one of auto, reinforce, dynamics")
+    _check(cfg.speed.precision in ("fp32", "bf16"), "speed.precision",
+           f"'{cfg.speed.precision}' is not one of fp32, bf16")
+    zero_ok = {"replay.prefetch", "mae.warmup", "rssm.unimix", "wm.kl_free"}
+    for section in ("mae", "wm", "ac", "replay", "rssm"):
+        for key, value in cfg[section].items():
+            name = f"{section}.{key}"
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if name in zero_ok or key in ("wd", "entropy") or key.endswith("_scale"):
+                _check(value >= 0, name, f"must be >= 0, got {value}")
+            else:
+                _check(value > 0, name, f"must be positive, got {value}")
+    _check(cfg.ac.lam <= 1 and cfg.ac.discount <= 1, "ac.lam" if cfg.ac.lam > 1 else "ac.discount",
+           "must be at most 1")
+
+
+def save(cfg: DictConfig, path: os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from mwm.atomic import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def load(path: os.PathLike) -> DictConfig:
+    """Read a saved config back into the typed schema."""
+    try:
+        data = OmegaConf.load(path)
+        return OmegaConf.merge(OmegaConf.structured(Config), data)
+    except OmegaConfBaseException as exc:
+        raise _user_error(exc, str(path)) from None

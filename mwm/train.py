@@ -1,0 +1,159 @@
+"""Train an agent: ``python -m mwm.train --env atari_pong``.
+
+The loop reads like the algorithm box of the papers: prefill replay with a random
+policy, pre-train (MWM: the autoencoder alone), then alternate policy steps in the envs
+with scheduled updates, evaluating, logging and checkpointing on their own schedules.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from mwm import cli
+from mwm.errors import UserError
+from mwm.run_dir import RunDir, prepare_run
+from mwm.runtime import Every, seed_everything
+
+EPILOG = """examples:
+  python -m mwm.train --env atari_pong                     # MWM, paper sizes (GPU)
+  python -m mwm.train --env toy_catch --preset small       # a usable CPU run
+  python -m mwm.train --env dmc_walker_walk --agent dreamerv2 --rssm.deter 600
+  python -m mwm.train --env atari_pong --logdir runs/pong  # again: resumes the run
+
+Every config key (configs/defaults.yaml) is a flag: --mae.mask_ratio 0.9, --run.envs 4.
+Re-running with an existing --logdir resumes from its last checkpoint."""
+
+
+def parse_args(argv: Optional[Sequence[str]] = None):
+    parser = cli.make_parser("python -m mwm.train", "Train MWM or a baseline agent from pixels.", EPILOG)
+    parser.add_argument("--agent", default="mwm", help="mwm (default), dreamerv2, curl or siammae")
+    parser.add_argument("--steps", help="agent steps to train for (each is env.action_repeat frames)")
+    parser.add_argument("--resume", action="store_true", help="require an existing run in --logdir to continue")
+    return cli.parse(parser, argv)
+
+
+class StopFlag:
+    """Turns SIGINT / SIGTERM into a request to stop after the current step."""
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, writing a checkpoint, then stopping",
+              file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args, overrides = parse_args(argv)
+    run = prepare_run(args.env, args.agent, args.preset, overrides, resume=args.resume)
+    stop = StopFlag()
+    stop.install()
+    return train(run, stop)
+
+
+def train(run: RunDir, stop: StopFlag) -> int:
+    from agents import make_agent
+    from envs.vector import VectorEnv
+    from mwm.collect import Collector, random_actions
+    from mwm.logger import Logger, Progress
+    from mwm.nonfinite import NonFiniteGuard
+    from replay import Replay
+
+    cfg, r = run.cfg, run.cfg.run
+    seed_everything(r.seed)
+    device = run.device
+    replay = Replay(run.path / "replay", capacity=cfg.replay.capacity, seed=r.seed)
+    replay.load()
+    env = VectorEnv(r.env, r.envs, seed=r.seed, parallel=r.parallel, **run.env_kwargs())
+    eval_env = VectorEnv(r.env, 1, seed=r.seed + 10_000, parallel=False, **run.env_kwargs()) if r.eval_every else None
+    agent = make_agent(cfg, env.obs_space, env.act_space, device)
+    counters = run.restore(agent)
+    logger = Logger(run.path)
+    logger.text("config", run.config_text())
+    collector = Collector(env, replay, agent, logger)
+    guard = NonFiniteGuard(r.max_nonfinite)
+    rng = np.random.default_rng(r.seed + counters["step"])
+
+    should = {name: Every(every, counters["step"]) for name, every in (
+        ("train", r.train_every), ("log", r.log_every), ("report", r.report_every),
+        ("eval", r.eval_every), ("checkpoint", r.checkpoint_every))}
+    if device.type == "cpu" and r.preset == "default":
+        print("warning: paper-size networks on a CPU are very slow (~13 s per update); "
+              "use a GPU, or --preset small for a CPU run", file=sys.stderr)
+    print(f"{r.agent} on {r.env} | device {device} | {r.preset} preset | logdir {run.path} | "
+          f"step {counters['step']}/{r.steps}")
+    progress = Progress(total=r.steps, start=counters["step"])
+    start_time, start_step, start_updates = time.time(), counters["step"], counters["updates"]
+    metrics: dict = {}
+
+    try:
+        while counters["step"] < r.steps and stop.signal is None:
+            # 1. Act: random policy during prefill, then the agent's.
+            if counters["step"] < r.prefill:
+                collector.step(lambda obs: random_actions(env.act_space, env.num_envs, rng))
+            else:
+                collector.step(lambda obs: collector.agent_policy(obs, mode="train"))
+            counters["step"] += env.num_envs
+            counters["episodes"] = collector.episodes
+
+            # 2. Learn: the one-off pre-training, then scheduled updates.
+            if counters["step"] >= r.prefill and replay.num_episodes > 0:
+                if not counters["pretrained"]:
+                    print(f"pre-training: {r.pretrain} updates on {replay.num_steps} replay steps")
+                    metrics = guard.check(agent.pretrain(replay, r.pretrain), counters["step"])
+                    counters["updates"] += r.pretrain
+                    counters["pretrained"] = True
+                if should["train"](counters["step"]):
+                    for _ in range(r.train_steps):
+                        metrics = guard.check(agent.update(replay), counters["step"])
+                        counters["updates"] += 1
+
+            # 3. Observe: evaluation, logs, figures, checkpoints.
+            step = counters["step"]
+            if eval_env is not None and counters["pretrained"] and should["eval"](step):
+                logger.scalar("eval/return", collector.evaluate(eval_env, r.eval_episodes))
+            if should["log"](step):
+                elapsed = max(time.time() - start_time, 1e-9)
+                logger.scalars(metrics)
+                logger.scalars(collector.pop_episode_stats())
+                logger.scalar("speed/env_steps_per_s", (step - start_step) * cfg.env.action_repeat / elapsed)
+                logger.scalar("speed/agent_steps_per_s", (step - start_step) / elapsed)
+                logger.scalar("speed/updates_per_s", (counters["updates"] - start_updates) / elapsed)
+                logger.scalar("replay/steps", replay.num_steps)
+                logger.write(step)
+            if r.report_every and counters["pretrained"] and should["report"](step):
+                logger.media(agent.report(replay))
+                logger.write(step)
+            if should["checkpoint"](step):
+                run.save(agent, counters)
+            progress.update(step, collector.last_return)
+    finally:
+        progress.close()
+        collector.close()
+        env.close()
+        if eval_env is not None:
+            eval_env.close()
+    run.save(agent, counters)
+    logger.close()
+    elapsed = time.time() - start_time
+    print(f"done: {counters['step']} agent steps, {counters['episodes']} episodes, {counters['updates']} updates "
+          f"in {elapsed:.0f}s | last return {collector.last_return} | logdir {run.path}"
+          + (f" | stopped by {signal.Signals(stop.signal).name}" if stop.signal else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main)
