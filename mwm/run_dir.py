@@ -95,9 +95,6 @@ class RunDir:
     def env_kwargs(self) -> Dict:
         return env_kwargs(self.cfg)
 
-    def config_text(self) -> str:
-        return OmegaConf.to_yaml(self.cfg)
-
     def restore(self, agent) -> Dict:
         """Load the newest valid checkpoint into ``agent``; returns the counters."""
         from mwm.checkpoint import load_latest, set_rng_state
@@ -116,7 +113,7 @@ class RunDir:
         from mwm.checkpoint import rng_state, save_checkpoint
 
         state = {"agent": agent.state_dict(), "counters": dict(counters), "rng": rng_state()}
-        save_checkpoint(self.checkpoints / f"checkpoint-{counters['step']}.pt", state)
+        save_checkpoint(str(self.checkpoints), state, step=counters["step"])
 
 
 def prepare_run(env: str, agent: str, preset: str, overrides: Sequence[str], resume: bool = False,

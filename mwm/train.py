@@ -56,6 +56,12 @@ class StopFlag:
               file=sys.stderr)
 
 
+def log_media(logger, media: dict) -> None:
+    """Arrays (H, W, C) are images, (T, H, W, C) videos."""
+    for name, array in media.items():
+        (logger.video if np.ndim(array) == 4 else logger.image)(name, array)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = parse_args(argv)
     run = prepare_run(args.env, args.agent, args.preset, overrides, resume=args.resume)
@@ -82,7 +88,6 @@ def train(run: RunDir, stop: StopFlag) -> int:
     agent = make_agent(cfg, env.obs_space, env.act_space, device)
     counters = run.restore(agent)
     logger = Logger(run.path)
-    logger.text("config", run.config_text())
     collector = Collector(env, replay, agent, logger)
     guard = NonFiniteGuard(r.max_nonfinite)
     rng = np.random.default_rng(r.seed + counters["step"])
@@ -95,7 +100,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
               "use a GPU, or --preset small for a CPU run", file=sys.stderr)
     print(f"{r.agent} on {r.env} | device {device} | {r.preset} preset | logdir {run.path} | "
           f"step {counters['step']}/{r.steps}")
-    progress = Progress(total=r.steps, start=counters["step"])
+    progress = Progress(total=r.steps, keys=("return",))
     start_time, start_step, start_updates = time.time(), counters["step"], counters["updates"]
     metrics: dict = {}
 
@@ -135,11 +140,11 @@ def train(run: RunDir, stop: StopFlag) -> int:
                 logger.scalar("replay/steps", replay.num_steps)
                 logger.write(step)
             if r.report_every and counters["pretrained"] and should["report"](step):
-                logger.media(agent.report(replay))
+                log_media(logger, agent.report(replay))
                 logger.write(step)
             if should["checkpoint"](step):
                 run.save(agent, counters)
-            progress.update(step, collector.last_return)
+            progress.update(step, **({} if collector.last_return is None else {"return": collector.last_return}))
     finally:
         progress.close()
         collector.close()

@@ -1,0 +1,120 @@
+"""Crash-safe file writes: a file appears under its final name complete or not at all.
+
+Every writer here follows the same recipe: write into a temporary file in the
+destination folder (named ``.<name>.<random>.tmp`` so that listings can ignore it),
+flush and fsync it, ``os.replace`` it over the final name (atomic on POSIX and
+Windows within one file system), then fsync the folder so the rename itself survives
+a power cut. If the disk is full or the folder is not writable, the temporary file is
+removed, the previous file under the final name (if any) is left untouched, and a
+one-line :class:`mwm.errors.UserError` says what to do.
+
+This module is a leaf: it imports only the standard library, numpy and torch, so
+every package (``envs``, ``replay``, ``mwm``) may use it.
+"""
+
+import errno
+import io
+import os
+import tempfile
+from typing import Callable, Mapping
+
+import numpy as np
+
+from mwm.errors import UserError
+
+_ADVICE = {
+    getattr(errno, name): advice
+    for name, advice in {
+        "ENOSPC": ("no space left on device", "free disk space"),
+        "EDQUOT": ("disk quota exceeded", "free space or raise the quota"),
+        "EACCES": ("permission denied", "choose a writable folder or fix its permissions"),
+        "EPERM": ("operation not permitted", "choose a writable folder or fix its permissions"),
+        "EROFS": ("read-only file system", "choose a folder on a writable disk"),
+    }.items()
+    if hasattr(errno, name)
+}
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically."""
+    _atomic_write(path, lambda f: f.write(text.encode(encoding)))
+
+
+def atomic_save_npz(path: str, arrays: Mapping[str, np.ndarray], compressed: bool = True) -> None:
+    """Save a dict of arrays as one ``.npz`` file at exactly ``path``, atomically.
+
+    Unlike ``np.savez`` given a name, no ``.npz`` suffix is appended: ``path`` is the
+    final name. Object arrays are refused (they would need pickle to load back).
+    """
+    arrays = {key: np.asarray(value) for key, value in arrays.items()}
+    for key, value in arrays.items():
+        if value.dtype == object:
+            raise ValueError(f"array {key!r} has dtype object; store numeric arrays only")
+    save = np.savez_compressed if compressed else np.savez
+    _atomic_write(path, lambda f: save(f, **arrays))
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save(obj, path)``, atomically."""
+    import torch  # Imported here so that numpy-only users of this module stay light.
+
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _atomic_write(path: str, write: Callable[[io.BufferedWriter], object]) -> None:
+    """Run ``write`` on a temp file next to ``path``, then move it over ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder
+        )
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as error:
+        raise UserError(_describe(error, path)) from error
+    finally:
+        if tmp is not None:
+            _remove_quietly(tmp)
+    _fsync_folder(folder)
+
+
+def _describe(error: OSError, path: str) -> str:
+    """One line naming the failure, the path and the fix."""
+    problem, fix = _ADVICE.get(
+        error.errno, (error.strerror or type(error).__name__, "check the path and the disk")
+    )
+    return f"{problem} writing {path}: {fix}; earlier files are intact"
+
+
+def _remove_quietly(path: str) -> None:
+    """Delete a leftover temp file; a failure here must not hide the original error."""
+    try:
+        os.remove(path)
+    except OSError:
+        return
+
+
+def _fsync_folder(folder: str) -> None:
+    """Persist the rename. Not every platform can open a folder; skip where it cannot."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        return
+    finally:
+        os.close(fd)

@@ -1,0 +1,106 @@
+"""Logger sinks (jsonl, TensorBoard, console) and the Progress line."""
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mwm.logger import Logger, Progress, format_duration
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_write_appends_one_json_object_per_call_with_averaged_values(tmp_path):
+    console = io.StringIO()
+    logger = Logger(tmp_path, use_tensorboard=False, stream=console)
+    logger.scalar("loss", torch.tensor(1.0))
+    logger.scalar("loss", 3.0)
+    logger.scalars({"return": np.float32(2.5), "bad": float("nan")}, prefix="train")
+    assert logger.write(step=10) == {"loss": 2.0, "train/return": 2.5, "train/bad": pytest.approx(math.nan, nan_ok=True)}
+    logger.scalar("loss", 5)
+    logger.write(step=20)
+    logger.write(step=30)  # nothing pending: no line
+    logger.close()
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [
+        {"step": 10, "loss": 2.0, "train/return": 2.5, "train/bad": None},
+        {"step": 20, "loss": 5.0},
+    ]
+    lines = console.getvalue().splitlines()
+    assert lines[0].startswith("step 10 | loss 2 |") and "train/return 2.5" in lines[0]
+    reopened = Logger(tmp_path, use_tensorboard=False, console=False)
+    reopened.scalar("loss", 1)
+    reopened.write(40)
+    reopened.close()
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 3  # appended, not truncated
+
+
+def test_step_fn_supplies_the_step(tmp_path):
+    counter = {"step": 7}
+    with Logger(tmp_path, step_fn=lambda: counter["step"], use_tensorboard=False, console=False) as logger:
+        logger.scalar("x", 1)
+        logger.write()
+    assert read_jsonl(tmp_path / "metrics.jsonl")[0]["step"] == 7
+    with Logger(tmp_path / "b", use_tensorboard=False, console=False) as logger:
+        with pytest.raises(ValueError, match="step"):
+            logger.write()
+
+
+def test_tensorboard_receives_scalars_images_and_gif_videos(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = Logger(tmp_path, console=False)
+    logger.scalar("loss", torch.tensor([0.5]))
+    logger.image("recon", np.full((8, 8, 3), 0.5, np.float32))
+    logger.video("openl", torch.randint(0, 256, (4, 8, 8, 1), dtype=torch.uint8))
+    logger.write(step=3)
+    logger.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(3, 0.5)]
+    assert events.Images("recon")[0].width == 8
+    gif = events.Images("openl")[0].encoded_image_string
+    assert gif.startswith(b"GIF8")
+
+
+class FakeTty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_plain_lines_when_not_a_terminal():
+    now = {"t": 0.0}
+    out = io.StringIO()
+    progress = Progress(200, keys=("return",), stream=out, line_every_s=30, clock=lambda: now["t"])
+    for step in range(0, 101, 10):
+        now["t"] = step / 10  # 10 steps per second
+        progress.update(step, **{"return": 4.25, "loss": 1.0})
+    now["t"] = 31.0
+    progress.update(310 // 3, **{"return": 5.0})
+    text = out.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert len(lines) == 2  # the first update and the one 30 s later
+    assert "103/200" in lines[1] and "return 5" in lines[1] and "loss" not in lines[1]
+
+
+def test_progress_redraws_in_place_on_a_terminal():
+    now = {"t": 0.0}
+    out = FakeTty()
+    progress = Progress(200, stream=out, redraw_s=0.0, clock=lambda: now["t"])
+    progress.update(0)
+    now["t"] = 10.0
+    progress.update(100, **{"return": 1.5})
+    progress.close()
+    assert out.getvalue().count("\r") == 3 and out.getvalue().endswith("\n")
+    line = progress.render()
+    assert "100/200 50%" in line and "10.0 steps/s" in line and "ETA 0:00:10" in line
+
+
+def test_format_duration():
+    assert format_duration(3725) == "1:02:05"
+    assert format_duration(math.inf) == "?"
