@@ -1,0 +1,1 @@
+"""Loss functions: pure, unreduced, one named function per paper equation."""
