@@ -33,7 +33,7 @@ RESUMABLE_KEYS = (
 SUITE_ENV_KEYS = {
     "atari": ("size", "action_repeat", "grayscale", "sticky", "noops", "life_done", "time_limit"),
     "dmc": ("size", "action_repeat", "camera", "fast_render", "time_limit"),
-    "toy": ("size", "object_size", "time_limit"),
+    "toy": ("object_size", "time_limit"),  # toy_catch renders 64x64, one frame per step
 }
 
 
@@ -48,8 +48,6 @@ def env_kwargs(cfg: DictConfig) -> Dict:
         if key == "camera" and value < 0:
             continue
         out[key] = tuple(value) if key == "size" else value
-    if suite == "toy" and cfg.env.action_repeat != 1:
-        out["action_repeat"] = cfg.env.action_repeat
     return out
 
 

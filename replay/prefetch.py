@@ -15,7 +15,8 @@ class Prefetcher:
 
     ``sample()`` returns a dict of numpy arrays; the thread converts it to CPU tensors
     without copying (dtypes kept: images stay uint8), pins them when ``pin_memory``,
-    and queues up to ``prefetch`` batches. ``__next__`` moves a batch to ``device``
+    and queues up to ``prefetch`` batches; ``prefetch=0`` samples on the caller's thread
+    instead (no thread; deterministic order with the rest of the program). ``__next__`` moves a batch to ``device``
     with ``non_blocking=True``. An exception raised by ``sample`` is re-raised by the
     next ``__next__``. ``close()`` stops the thread; it is also a context manager.
     """
@@ -27,22 +28,24 @@ class Prefetcher:
         device="cpu",
         pin_memory: Optional[bool] = None,
     ):
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         self._sample = sample
         self._device = torch.device(device)
         if pin_memory is None:
             pin_memory = self._device.type == "cuda"
         self._pin = bool(pin_memory) and torch.cuda.is_available()
-        self._queue = queue.Queue(maxsize=prefetch)
+        self._queue = queue.Queue(maxsize=max(prefetch, 1))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name="replay-prefetch", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if prefetch:
+            self._thread = threading.Thread(target=self._produce, name="replay-prefetch", daemon=True)
+            self._thread.start()
 
     @property
     def running(self) -> bool:
-        """Whether the background thread is still alive."""
-        return self._thread.is_alive()
+        """Whether the background thread is still alive (always False without prefetch)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def __iter__(self) -> "Prefetcher":
         return self
@@ -50,6 +53,8 @@ class Prefetcher:
     def __next__(self) -> Batch:
         if self._stop.is_set():
             raise StopIteration
+        if self._thread is None:
+            return self._move(self._to_tensors(self._sample()))
         while True:
             try:
                 item = self._queue.get(timeout=0.1)
@@ -60,12 +65,15 @@ class Prefetcher:
         if isinstance(item, BaseException):
             self.close()
             raise item
-        return {key: value.to(self._device, non_blocking=True) for key, value in item.items()}
+        return self._move(item)
+
+    def _move(self, batch: Batch) -> Batch:
+        return {key: value.to(self._device, non_blocking=True) for key, value in batch.items()}
 
     def close(self) -> None:
         """Stop the background thread and drop queued batches; safe to call twice."""
         self._stop.set()
-        while self._thread.is_alive():
+        while self._thread is not None and self._thread.is_alive():
             self._drain()
             self._thread.join(timeout=0.05)
         self._drain()

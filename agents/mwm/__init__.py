@@ -1,0 +1,1 @@
+"""Masked World Models (Seo et al., CoRL 2022)."""

@@ -1,0 +1,254 @@
+"""The world model: observation encoder -> RSSM -> decoder, reward and discount heads.
+
+:class:`WorldModel` is generic over its encoder and decoder (DreamerV2, Hafner et al.,
+2021, Sec. 2). Two pairs ship with mwm:
+
+- MWM (Seo et al., 2022, Sec. 3.2): :class:`FlatViTEncoder` embeds the stop-gradient
+  MAE tokens (cls + 64, width 256) and :class:`TokenDecoder` reconstructs them.
+- DreamerV2: :class:`mwm.conv.ConvEncoder` / :class:`mwm.conv.ConvDecoder` on pixels.
+
+Contract for a pair: ``encoder(inputs (B, T, ...)) -> (B, T, embed_dim)``;
+``decoder(feat (B, T, F)) -> prediction of inputs``; ``decoder.loss(pred, inputs) -> (B, T)``.
+"""
+
+import inspect
+import math
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from mwm.distributions import OneHotCategorical
+from mwm.errors import UserError
+from mwm.heads import BernoulliHead, MSEHead
+from mwm.losses.dynamics import (categorical_kl, discount_loss, kl_balance_loss, latent_recon_loss,
+                                 reward_loss)
+from mwm.rssm import RSSM, State
+from mwm.vit import Transformer, sincos_pos_embed_2d
+
+LOSS_NAMES = ("kl", "recon", "reward", "discount")
+
+
+def token_pos_embed(dim: int, num_tokens: int) -> torch.Tensor:
+    """Fixed sin-cos embedding (num_tokens, dim) for a square grid, with or without a cls token.
+
+    ``num_tokens = g * g + 1``: a zero row for the cls token, then the g x g grid (MAE);
+    ``num_tokens = g * g``: the grid only.
+    """
+    for extra in (1, 0):
+        grid = math.isqrt(num_tokens - extra)
+        if grid > 0 and grid * grid == num_tokens - extra:
+            embed = sincos_pos_embed_2d(dim, grid, grid)  # (g*g, dim)
+            return torch.cat([torch.zeros(extra, dim), embed], dim=0)  # (num_tokens, dim)
+    raise UserError(f"{num_tokens} tokens are not a square grid (plus an optional cls token); "
+                    "use e.g. 65 (cls + 8x8) or 64")
+
+
+class FlatViTEncoder(nn.Module):
+    """MWM's world-model encoder over MAE tokens: linear, fixed pos emb, ViT, mean pool.
+
+    (B, T, L, token_dim) -> (B, T, width); MWM: 256 -> 128, 2 blocks, 4 heads, L = 65.
+    """
+
+    def __init__(self, token_dim: int = 256, num_tokens: int = 65, width: int = 128, depth: int = 2,
+                 heads: int = 4):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.token_dim = token_dim
+        self.out_dim = width
+        self.proj = nn.Linear(token_dim, width)
+        self.register_buffer("pos", token_pos_embed(width, num_tokens), persistent=False)  # (L, W)
+        self.transformer = Transformer(width, depth, heads)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, L, Dt) -> (B, T, W)."""
+        lead = tokens.shape[:-2]
+        if tokens.shape[-2:] != (self.num_tokens, self.token_dim):
+            raise UserError(f"FlatViTEncoder expects tokens (..., {self.num_tokens}, {self.token_dim}), "
+                            f"got {tuple(tokens.shape)}; match num_tokens/token_dim to the MAE")
+        x = self.proj(tokens.reshape(-1, self.num_tokens, self.token_dim)) + self.pos  # (B*T, L, W)
+        x = self.transformer(x).mean(dim=1)  # (B*T, W)
+        return x.reshape(*lead, self.out_dim)  # (B, T, W)
+
+
+class TokenDecoder(nn.Module):
+    """MWM's world-model decoder: the model state as one token, L mask tokens, ViT, linear.
+
+    The feature (B, T, F) is projected to one width-W token; a learned mask token plus
+    the fixed position embedding fills the L target slots; after the transformer the L
+    slots are mapped to ``token_dim``: (B, T, L, token_dim).
+    """
+
+    def __init__(self, feat_dim: int, token_dim: int = 256, num_tokens: int = 65, width: int = 128,
+                 depth: int = 2, heads: int = 4):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.token_dim = token_dim
+        self.proj = nn.Linear(feat_dim, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.normal_(self.mask_token, std=0.02)  # MAE's mask-token init
+        self.register_buffer("pos", token_pos_embed(width, num_tokens), persistent=False)  # (L, W)
+        self.transformer = Transformer(width, depth, heads)
+        self.head = nn.Linear(width, token_dim)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) -> (B, T, L, token_dim)."""
+        lead = feat.shape[:-1]
+        state = self.proj(feat.reshape(-1, feat.shape[-1]))[:, None]  # (B*T, 1, W)
+        slots = (self.mask_token + self.pos).expand(state.shape[0], -1, -1)  # (B*T, L, W)
+        x = self.transformer(torch.cat([state, slots], dim=1))[:, 1:]  # (B*T, L, W)
+        return self.head(x).reshape(*lead, self.num_tokens, self.token_dim)  # (B, T, L, Dt)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Latent reconstruction loss (B, T) against the stop-gradient MAE tokens."""
+        return latent_recon_loss(pred, target)
+
+
+def rssm_feat_dim(rssm: Mapping[str, object] | None = None) -> int:
+    """Feature size Dd + S*K of an RSSM built from these kwargs (defaults filled in)."""
+    defaults = {name: p.default for name, p in inspect.signature(RSSM).parameters.items()}
+    kwargs = {**defaults, **(rssm or {})}
+    return int(kwargs["deter"]) + int(kwargs["stoch"]) * int(kwargs["classes"])
+
+
+def resolve_loss_scales(loss_scales: Mapping[str, float] | None, names: tuple[str, ...]) -> dict[str, float]:
+    """One scale per loss in ``names`` (default 1.0); a scale for any other name is a UserError."""
+    given = dict(loss_scales or {})
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise UserError(f"loss_scales has {unknown}, which this world model does not compute; "
+                        f"use only {list(names)}")
+    return {name: float(given.get(name, 1.0)) for name in names}
+
+
+class WorldModel(nn.Module):
+    """Encoder, RSSM, decoder, reward head and (optionally) discount head.
+
+    Args:
+        encoder: inputs (B, T, ...) -> (B, T, embed_dim).
+        decoder: feat (B, T, F) -> prediction of inputs, with ``loss(pred, inputs) -> (B, T)``.
+        embed_dim: E, the encoder's output size.
+        action_dim: A.
+        rssm: keyword arguments of :class:`mwm.rssm.RSSM` (deter, hidden, stoch, ...).
+        head_layers, head_units: reward / discount MLPs (MWM: 4 x 512).
+        reward_transform: "symlog" (MWM), "tanh" (DreamerV2 Atari) or "none".
+        discount_head: learn the continuation flag (Atari) or assume episodes never end.
+        kl_balance, kl_free: see :func:`mwm.losses.dynamics.kl_balance_loss`.
+        loss_scales: per-loss weights, keys among kl, recon, reward, discount; missing = 1.0.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, embed_dim: int, action_dim: int,
+                 rssm: Mapping[str, object] | None = None, head_layers: int = 4, head_units: int = 512,
+                 reward_transform: str = "symlog", discount_head: bool = True, kl_balance: float = 0.8,
+                 kl_free: float = 0.0, loss_scales: Mapping[str, float] | None = None):
+        super().__init__()
+        if not callable(getattr(decoder, "loss", None)):
+            raise UserError(f"decoder {type(decoder).__name__} has no loss(pred, target) method; "
+                            "give it one returning a (B, T) reconstruction loss")
+        rssm = dict(rssm or {})
+        allowed = set(inspect.signature(RSSM).parameters) - {"embed_dim", "action_dim"}
+        if set(rssm) - allowed:
+            raise UserError(f"unknown RSSM options {sorted(set(rssm) - allowed)}; use {sorted(allowed)}")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.embed_dim = embed_dim
+        self.rssm = RSSM(embed_dim, action_dim, **rssm)
+        feat_dim = self.rssm.feat_dim
+        self.reward_transform = reward_transform
+        self.reward_head = MSEHead(feat_dim, head_layers, head_units, reward_transform)
+        self.discount_head = BernoulliHead(feat_dim, head_layers, head_units) if discount_head else None
+        self.kl_balance = kl_balance
+        self.kl_free = kl_free
+        names = LOSS_NAMES if discount_head else tuple(n for n in LOSS_NAMES if n != "discount")
+        self.loss_scales = resolve_loss_scales(loss_scales, names)
+
+    @property
+    def feat_dim(self) -> int:
+        """F, the size of the RSSM feature the heads and the actor-critic read."""
+        return self.rssm.feat_dim
+
+    def feature(self, state: State) -> torch.Tensor:
+        """State (..., ...) -> feature (..., F)."""
+        return self.rssm.feature(state)
+
+    def losses(self, inputs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+               is_first: torch.Tensor, is_terminal: torch.Tensor,
+               ) -> tuple[dict[str, torch.Tensor], State, State]:
+        """Unreduced losses, each (B, T), with the posterior and prior states (B, T, ...)."""
+        embed = self.encoder(inputs)  # (B, T, E)
+        batch, steps = reward.shape
+        assert embed.shape == (batch, steps, self.embed_dim), (
+            f"encoder returned {tuple(embed.shape)}, expected {(batch, steps, self.embed_dim)}")
+        post, prior = self.rssm.observe(embed, action, is_first)
+        feat = self.feature(post)  # (B, T, F)
+        kl, _ = kl_balance_loss(post["logits"], prior["logits"], self.kl_balance, self.kl_free)
+        losses = {
+            "kl": kl,
+            "recon": self.decoder.loss(self.decoder(feat), inputs),
+            "reward": reward_loss(self.reward_head(feat), reward, self.reward_transform),
+        }
+        if self.discount_head is not None:
+            losses["discount"] = discount_loss(self.discount_head(feat), is_terminal)
+        return losses, post, prior
+
+    def loss(self, inputs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+             is_first: torch.Tensor, is_terminal: torch.Tensor,
+             ) -> tuple[torch.Tensor, State, dict[str, torch.Tensor]]:
+        """The scaled world-model loss on a batch of sequences.
+
+        Args:
+            inputs: (B, T, ...) observations; also the reconstruction target (MWM: the
+                stop-gradient MAE tokens; DreamerV2: preprocessed images).
+            action: (B, T, A) the action that led to each step.
+            reward: (B, T) reward received on entering each step.
+            is_first, is_terminal: (B, T) episode flags.
+
+        Returns:
+            total (scalar) = sum_k scale_k * mean(loss_k), the posterior states (B, T, ...),
+            and a dict of detached scalar metrics.
+        """
+        losses, post, prior = self.losses(inputs, action, reward, is_first, is_terminal)
+        total = sum(self.loss_scales[name] * value.mean() for name, value in losses.items())
+        metrics = {f"{name}_loss": value.detach().mean() for name, value in losses.items()}
+        with torch.no_grad():
+            metrics["kl"] = categorical_kl(post["logits"], prior["logits"]).mean()
+            metrics["post_entropy"] = OneHotCategorical(post["logits"]).entropy().sum(-1).mean()
+            metrics["prior_entropy"] = OneHotCategorical(prior["logits"]).entropy().sum(-1).mean()
+        return total, post, metrics
+
+    def imagine(self, policy_fn: Callable[[State], torch.Tensor], start_state: State,
+                horizon: int) -> tuple[State, torch.Tensor]:
+        """States (Hz+1, N, ...) and actions (Hz, N, A) from ``start_state`` (N, ...)."""
+        return self.rssm.imagine(policy_fn, start_state, horizon)
+
+    def reward(self, feat: torch.Tensor) -> torch.Tensor:
+        """Predicted reward (...) in the agent's units (symexp of the head for symlog)."""
+        return self.reward_head.mean(feat)
+
+    def discount(self, feat: torch.Tensor) -> torch.Tensor:
+        """Predicted probability that the episode continues (...); ones without a discount head."""
+        if self.discount_head is None:
+            return torch.ones(feat.shape[:-1], dtype=feat.dtype, device=feat.device)
+        return self.discount_head.dist(feat).mean
+
+    @torch.no_grad()
+    def decode_open_loop(self, inputs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
+                         context: int) -> torch.Tensor:
+        """Decode ``context`` observed steps, then the rest imagined with the recorded actions.
+
+        DreamerV2's open-loop video prediction: steps [0, context) come from the
+        posterior, steps [context, T) from the prior driven by ``action[:, context:]``
+        (``is_first`` there is ignored). Returns decoder outputs (B, T, ...).
+        """
+        steps = inputs.shape[1]
+        if not 0 < context <= steps:
+            raise UserError(f"open-loop context {context} must be in [1, {steps}] (the sequence length)")
+        embed = self.encoder(inputs[:, :context])  # (B, k, E)
+        post, _ = self.rssm.observe(embed, action[:, :context], is_first[:, :context])
+        feats = [self.feature(post)]  # (B, k, F)
+        if context < steps:
+            last = {key: value[:, -1] for key, value in post.items()}  # (B, ...)
+            prior = self.rssm.rollout(last, action[:, context:])  # (B, T - k, ...)
+            feats.append(self.feature(prior))
+        return self.decoder(torch.cat(feats, dim=1))  # (B, T, ...)
+

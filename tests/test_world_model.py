@@ -1,0 +1,222 @@
+"""World model: KL balancing, loss terms and scales, learning on a fixed batch, open-loop decoding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import Categorical, Independent, kl_divergence
+
+from mwm.conv import ConvDecoder, ConvEncoder
+from mwm.errors import UserError
+from mwm.losses.dynamics import discount_loss, kl_balance_loss, latent_recon_loss, reward_loss
+from mwm.optim import Optimizer
+from mwm.transforms import symlog
+from mwm.world_model import FlatViTEncoder, TokenDecoder, WorldModel, rssm_feat_dim, token_pos_embed
+
+B, T, A = 2, 4, 3
+RSSM = dict(deter=32, hidden=32, stoch=4, classes=4)
+TOKENS, TOKEN_DIM = 5, 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops run faster on one thread, and much faster when other jobs share the CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def token_world_model(**overrides) -> WorldModel:
+    torch.manual_seed(0)
+    feat = rssm_feat_dim(RSSM)
+    encoder = FlatViTEncoder(TOKEN_DIM, TOKENS, width=16, depth=1, heads=2)
+    decoder = TokenDecoder(feat, TOKEN_DIM, TOKENS, width=16, depth=1, heads=2)
+    kwargs = dict(head_layers=1, head_units=32, **overrides)
+    return WorldModel(encoder, decoder, 16, A, RSSM, **kwargs)
+
+
+def conv_world_model() -> WorldModel:
+    torch.manual_seed(0)
+    encoder = ConvEncoder(3, depth=4)
+    decoder = ConvDecoder(rssm_feat_dim(RSSM), 3, depth=4)
+    return WorldModel(encoder, decoder, encoder.out_dim, A, RSSM, head_layers=1, head_units=32)
+
+
+def batch(obs_shape: tuple[int, ...], seed: int = 1) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    is_terminal = torch.zeros(B, T)
+    is_terminal[0, -1] = 1.0
+    return {
+        "inputs": torch.rand(B, T, *obs_shape, generator=gen) - 0.5,
+        "action": F.one_hot(torch.randint(0, A, (B, T), generator=gen), A).float(),
+        "reward": torch.randn(B, T, generator=gen),
+        "is_first": is_first,
+        "is_terminal": is_terminal,
+    }
+
+
+def categorical_kl_reference(lhs: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """KL of S independent categoricals with torch.distributions, (B, T, S, K) -> (B, T)."""
+    return kl_divergence(Independent(Categorical(logits=lhs), 1), Independent(Categorical(logits=rhs), 1))
+
+
+def test_kl_balance_value_and_gradients_match_hand_computation():
+    torch.manual_seed(0)
+    post = torch.randn(2, 3, 4, 5, requires_grad=True)
+    prior = torch.randn(2, 3, 4, 5, requires_grad=True)
+    loss, value = kl_balance_loss(post, prior, balance=0.8, free=0.0)
+    reference = categorical_kl_reference(post, prior)
+    assert loss.shape == value.shape == (2, 3)
+    assert torch.allclose(value, reference, atol=1e-5)
+    assert torch.allclose(loss, reference, atol=1e-5)
+    loss.sum().backward()
+    grad_post, grad_prior = torch.autograd.grad(reference.sum(), [post, prior])
+    # 0.8 * KL(sg(post) || prior) trains the prior, 0.2 * KL(post || sg(prior)) the posterior
+    assert torch.allclose(prior.grad, 0.8 * grad_prior, atol=1e-5)
+    assert torch.allclose(post.grad, 0.2 * grad_post, atol=1e-5)
+
+
+def test_free_nats_floor_each_element():
+    torch.manual_seed(0)
+    prior = torch.randn(1, 4, 4, 5)
+    post = prior.clone()
+    post[0, 2:] += 3.0 * torch.randn(2, 4, 5)  # steps 0, 1: KL = 0; steps 2, 3: large KL
+    post.requires_grad_(True)
+    free = 0.5
+    loss, value = kl_balance_loss(post, prior, balance=0.8, free=free)
+    reference = categorical_kl_reference(post, prior)
+    assert torch.all(reference[0, 2:] > free)
+    assert torch.allclose(loss, reference.clamp_min(free), atol=1e-5)
+    assert torch.allclose(value, reference, atol=1e-5)  # the logged value is not floored
+    loss.sum().backward()
+    assert torch.all(post.grad[0, :2] == 0)
+    assert torch.all(post.grad[0, 2:].abs().sum((-2, -1)) > 0)
+
+
+def test_loss_terms_by_hand():
+    pred = torch.randn(2, 3, 5, 4)
+    target = torch.randn(2, 3, 5, 4)
+    expected = ((pred - target) ** 2).sum(-1).mean(-1)
+    assert torch.allclose(latent_recon_loss(pred, target), expected)
+    reward = torch.tensor([[3.0, -1.0]])
+    assert torch.allclose(reward_loss(symlog(reward), reward, "symlog"), torch.zeros(1, 2))
+    assert torch.allclose(reward_loss(torch.zeros(1, 2), reward, "tanh"), torch.tanh(reward) ** 2)
+    logits = torch.tensor([[2.0, -1.0]])
+    terminal = torch.tensor([[0.0, 1.0]])
+    expected = -torch.stack([F.logsigmoid(logits[0, 0]), F.logsigmoid(-logits[0, 1])])[None]
+    assert torch.allclose(discount_loss(logits, terminal), expected)
+
+
+def test_total_is_the_scaled_sum_of_mean_terms():
+    scales = {"kl": 0.1, "recon": 2.0, "discount": 5.0}
+    model = token_world_model(loss_scales=scales)
+    data = batch((TOKENS, TOKEN_DIM))
+    torch.manual_seed(3)
+    total, post, metrics = model.loss(**data)
+    torch.manual_seed(3)
+    terms, _, _ = model.losses(**data)
+    assert set(terms) == {"kl", "recon", "reward", "discount"}
+    assert all(value.shape == (B, T) for value in terms.values())
+    expected = sum({**scales, "reward": 1.0}[name] * value.mean() for name, value in terms.items())
+    assert torch.allclose(total, expected)
+    assert post["deter"].shape == (B, T, RSSM["deter"])
+    assert all(not value.requires_grad and value.dim() == 0 for value in metrics.values())
+
+
+def test_loss_scales_must_name_known_losses():
+    with pytest.raises(UserError, match="recn"):
+        token_world_model(loss_scales={"recn": 1.0})
+    with pytest.raises(UserError, match="discount"):
+        token_world_model(discount_head=False, loss_scales={"discount": 5.0})
+
+
+def test_without_discount_head_episodes_continue():
+    model = token_world_model(discount_head=False)
+    terms, _, _ = model.losses(**batch((TOKENS, TOKEN_DIM)))
+    assert "discount" not in terms
+    assert torch.equal(model.discount(torch.randn(3, 7, model.feat_dim)), torch.ones(3, 7))
+
+
+def test_reward_prediction_is_read_back_through_symexp():
+    model = token_world_model()
+    feat = torch.randn(6, model.feat_dim)
+    assert torch.allclose(symlog(model.reward(feat)), model.reward_head(feat), atol=1e-5)
+
+
+def learn_fixed_batch(model: WorldModel, data: dict[str, torch.Tensor], updates: int) -> tuple[float, float]:
+    optimizer = Optimizer("model", model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(updates):
+        total, _, _ = model.loss(**data)
+        first = total.item() if first is None else first
+        optimizer.step(total)
+    with torch.no_grad():
+        last = model.loss(**data)[0].item()
+    return first, last
+
+
+def test_token_world_model_learns_a_fixed_batch():
+    torch.manual_seed(0)
+    first, last = learn_fixed_batch(token_world_model(), batch((TOKENS, TOKEN_DIM)), 30)
+    assert last < 0.5 * first
+
+
+def test_conv_world_model_learns_a_fixed_batch():
+    torch.manual_seed(0)
+    data = batch((3, 64, 64))
+    # a shared blocky scene plus small per-frame noise: learnable in a few updates
+    scene = F.interpolate(torch.rand(1, 3, 8, 8), size=64, mode="nearest") - 0.5  # (1, 3, 64, 64)
+    data["inputs"] = scene + 0.1 * data["inputs"]  # (B, T, 3, 64, 64)
+    first, last = learn_fixed_batch(conv_world_model(), data, 30)
+    assert last < 0.5 * first
+
+
+def test_conv_shapes():
+    encoder = ConvEncoder(1, depth=4)
+    assert encoder(torch.zeros(2, 3, 1, 64, 64)).shape == (2, 3, encoder.out_dim)
+    assert ConvEncoder(3).out_dim == 1536  # DreamerV2: 384 x 2 x 2
+    assert ConvDecoder(10, 1, depth=4)(torch.zeros(2, 3, 10)).shape == (2, 3, 1, 64, 64)
+    with pytest.raises(UserError, match="64x64"):
+        encoder(torch.zeros(2, 3, 1, 84, 84))
+
+
+def test_token_pieces_shapes_and_position_embedding():
+    encoder = FlatViTEncoder(TOKEN_DIM, TOKENS, width=16, depth=1, heads=2)
+    assert encoder(torch.zeros(2, 3, TOKENS, TOKEN_DIM)).shape == (2, 3, 16)
+    decoder = TokenDecoder(7, TOKEN_DIM, TOKENS, width=16, depth=1, heads=2)
+    assert decoder(torch.zeros(2, 3, 7)).shape == (2, 3, TOKENS, TOKEN_DIM)
+    pos = token_pos_embed(16, 65)
+    assert pos.shape == (65, 16) and torch.all(pos[0] == 0)  # cls token: no position
+    assert len({tuple(row.tolist()) for row in pos[1:]}) == 64  # grid positions distinct
+    with pytest.raises(UserError):
+        token_pos_embed(16, 7)
+
+
+def test_open_loop_ignores_observations_after_the_context():
+    model = token_world_model()
+    data = batch((TOKENS, TOKEN_DIM))
+    context = 2
+    torch.manual_seed(4)
+    pred = model.decode_open_loop(data["inputs"], data["action"], data["is_first"], context)
+    changed = data["inputs"].clone()
+    changed[:, context:] += 10.0
+    torch.manual_seed(4)
+    pred_changed = model.decode_open_loop(changed, data["action"], data["is_first"], context)
+    assert pred.shape == (B, T, TOKENS, TOKEN_DIM)
+    assert torch.allclose(pred, pred_changed)
+    # the observed part follows the inputs
+    changed[:, 0] -= 20.0
+    torch.manual_seed(4)
+    pred_first = model.decode_open_loop(changed, data["action"], data["is_first"], context)
+    assert not torch.allclose(pred[:, 0], pred_first[:, 0])
+    with pytest.raises(UserError):
+        model.decode_open_loop(data["inputs"], data["action"], data["is_first"], T + 1)
+
+
+def test_decoder_without_loss_is_rejected():
+    with pytest.raises(UserError, match="loss"):
+        WorldModel(torch.nn.Identity(), torch.nn.Identity(), 4, A, RSSM)
+    with pytest.raises(UserError, match="RSSM"):
+        WorldModel(torch.nn.Identity(), ConvDecoder(48, 1, 4), 4, A, {**RSSM, "deterministic": 3})
