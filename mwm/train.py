@@ -103,6 +103,19 @@ def train(run: RunDir, stop: StopFlag) -> int:
     progress = Progress(total=r.steps, keys=("return",))
     start_time, start_step, start_updates = time.time(), counters["step"], counters["updates"]
     metrics: dict = {}
+    logged_step = None
+
+    def write_log(step: int) -> None:
+        nonlocal logged_step
+        elapsed = max(time.time() - start_time, 1e-9)
+        logger.scalars(metrics)
+        logger.scalars(collector.pop_episode_stats())
+        logger.scalar("speed/env_steps_per_s", (step - start_step) * cfg.env.action_repeat / elapsed)
+        logger.scalar("speed/agent_steps_per_s", (step - start_step) / elapsed)
+        logger.scalar("speed/updates_per_s", (counters["updates"] - start_updates) / elapsed)
+        logger.scalar("replay/steps", replay.num_steps)
+        logger.write(step)
+        logged_step = step
 
     try:
         while counters["step"] < r.steps and stop.signal is None:
@@ -131,14 +144,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
             if eval_env is not None and counters["pretrained"] and should["eval"](step):
                 logger.scalar("eval/return", collector.evaluate(eval_env, r.eval_episodes))
             if should["log"](step):
-                elapsed = max(time.time() - start_time, 1e-9)
-                logger.scalars(metrics)
-                logger.scalars(collector.pop_episode_stats())
-                logger.scalar("speed/env_steps_per_s", (step - start_step) * cfg.env.action_repeat / elapsed)
-                logger.scalar("speed/agent_steps_per_s", (step - start_step) / elapsed)
-                logger.scalar("speed/updates_per_s", (counters["updates"] - start_updates) / elapsed)
-                logger.scalar("replay/steps", replay.num_steps)
-                logger.write(step)
+                write_log(step)
             if r.report_every and counters["pretrained"] and should["report"](step):
                 log_media(logger, agent.report(replay))
                 logger.write(step)
@@ -151,6 +157,8 @@ def train(run: RunDir, stop: StopFlag) -> int:
         env.close()
         if eval_env is not None:
             eval_env.close()
+    if logged_step != counters["step"]:
+        write_log(counters["step"])
     run.save(agent, counters)
     logger.close()
     elapsed = time.time() - start_time

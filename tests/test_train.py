@@ -1,0 +1,87 @@
+"""End to end: `python -m mwm.train` on each suite with the tiny preset, and exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Smaller than tiny: a handful of updates, enough to pass through every phase.
+FAST = ["--preset", "tiny", "--run.prefill", "60", "--run.pretrain", "2", "--run.train_every", "30",
+        "--run.log_every", "40", "--run.checkpoint_every", "60", "--run.report_every", "90",
+        "--run.parallel", "false"]
+
+
+def train(logdir: Path, env: str, steps: int, *extra: str, agent: str = "mwm") -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mwm.train", "--env", env, "--agent", agent, "--logdir", str(logdir),
+           "--steps", str(steps), *FAST, *extra]
+    env_vars = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env_vars, timeout=600)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def metrics(logdir: Path) -> list:
+    return [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoint_steps(logdir: Path) -> list:
+    return sorted(int(p.stem.split("-")[1]) for p in (logdir / "checkpoints").glob("checkpoint-*.pt"))
+
+
+def check_run_outputs(logdir: Path, steps: int) -> None:
+    assert (logdir / "config.yaml").exists()
+    assert list(logdir.glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert checkpoint_steps(logdir)[-1] == steps
+    assert list((logdir / "replay").glob("*.npz")), "no episodes saved"
+    rows = metrics(logdir)
+    keys = set().union(*rows)
+    assert any(k.startswith("wm/") for k in keys) and any(k.startswith("ac/") for k in keys), sorted(keys)
+    assert "speed/env_steps_per_s" in keys
+
+
+def test_toy_catch_trains_and_resumes_exactly(tmp_path):
+    logdir = tmp_path / "run"
+    out = train(logdir, "toy_catch", 120)
+    check_run_outputs(logdir, 120)
+    keys = set().union(*metrics(logdir))
+    assert {"mae/pixel_loss", "mae/reward_loss", "wm/kl_loss", "wm/recon_loss", "ac/actor_loss"} <= keys
+    assert "done: 120 agent steps" in out.stdout
+
+    out = train(logdir, "toy_catch", 180)  # same logdir: resumes
+    assert "resuming from" in out.stdout and "at step 120" in out.stdout
+    assert "pre-training" not in out.stdout  # the autoencoder warm-up is not repeated
+    assert checkpoint_steps(logdir)[-1] == 180
+    steps = [row["step"] for row in metrics(logdir)]
+    assert steps == sorted(steps) and steps[-1] == 180 and min(s for s in steps if s > 120) > 120
+
+
+def test_resume_refuses_a_changed_model(tmp_path):
+    logdir = tmp_path / "run"
+    train(logdir, "toy_catch", 60)
+    before = sorted((p.name, p.stat().st_size) for p in logdir.rglob("*"))
+    cmd = [sys.executable, "-m", "mwm.train", "--env", "toy_catch", "--logdir", str(logdir), *FAST,
+           "--rssm.deter", "48"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "rssm.deter" in result.stderr
+    assert sorted((p.name, p.stat().st_size) for p in logdir.rglob("*")) == before
+
+
+@pytest.mark.parametrize("env", ["atari_pong", "dmc_cartpole_swingup"])
+def test_other_suites_train(tmp_path, env):
+    logdir = tmp_path / env
+    train(logdir, env, 120)
+    check_run_outputs(logdir, 120)
+
+
+def test_dreamerv2_agent_trains(tmp_path):
+    logdir = tmp_path / "dv2"
+    train(logdir, "toy_catch", 120, agent="dreamerv2")
+    check_run_outputs(logdir, 120)
