@@ -175,6 +175,100 @@ class SpeedConfig:
     precision: str = MISSING  # fp32 | bf16 (bf16 autocast applies on CUDA only)
     fused_optim: bool = MISSING
     pin_memory: bool = MISSING
+    cuda_graph: bool = MISSING  # capture each update and policy step as a CUDA graph (CUDA only)
+    compile: str = MISSING  # torch.compile the transformer stacks: auto (CUDA only) | on | off
+    compile_backend: str = MISSING  # torch.compile backend (inductor; aot_eager for quick checks)
+    replay_on_device: bool = MISSING  # keep replay episodes on the GPU, sample there (CUDA only)
+
+
+@dataclass
+class CurlConfig:
+    """CURL baseline (DESIGN.md section 5; agents/curl/README.md): Rainbow for discrete
+    actions, SAC for continuous ones, both with the contrastive loss."""
+
+    atari100k: bool = MISSING  # refuse Atari settings that break the Atari 100k protocol
+    # shared: data, augmentation, contrastive loss
+    batch: int = MISSING  # transitions per update
+    history: int = MISSING  # frames per stacked observation
+    pad: int = MISSING  # random shift: replicate-pad this many pixels, crop back (Atari 4; DMC 0)
+    crop: int = MISSING  # encoder input side after a random crop (0: the env image side)
+    n_step: int = MISSING  # n of the n-step return
+    discount: float = MISSING
+    reward_clip: float = MISSING  # clip rewards to [-c, c] (0: off)
+    prioritized: bool = MISSING  # prioritised replay (else uniform)
+    priority_exponent: float = MISSING  # omega
+    priority_beta: float = MISSING  # initial importance-sampling exponent, annealed to 1
+    aux_weight: float = MISSING  # weight of the contrastive loss
+    logit_scale: float = MISSING  # multiplies the bilinear logits
+    key_tau: float = MISSING  # key (momentum) encoder EMA rate: 1 - momentum
+    latent: int = MISSING  # Rainbow: contrastive projection size (SAC uses feature_dim)
+    target_every: int = MISSING  # Rainbow: hard target copy; SAC: soft target updates (in updates)
+    channels: List[int] = MISSING  # conv encoder
+    kernels: List[int] = MISSING
+    strides: List[int] = MISSING
+    hidden: int = MISSING  # Rainbow stream / SAC MLP width
+    eps: float = MISSING  # Adam epsilon
+    clip: float = MISSING  # gradient-norm clip (0: off)
+    # Rainbow (discrete actions)
+    atoms: int = MISSING
+    v_min: float = MISSING
+    v_max: float = MISSING
+    noisy_std: float = MISSING  # sigma_0 of the factorised noisy layers
+    lr: float = MISSING
+    # SAC (continuous actions)
+    feature_dim: int = MISSING  # encoder output (linear + LayerNorm)
+    actor_lr: float = MISSING
+    critic_lr: float = MISSING
+    encoder_lr: float = MISSING  # contrastive optimiser (encoder and W)
+    alpha_lr: float = MISSING
+    actor_beta: float = MISSING  # Adam beta1
+    critic_beta: float = MISSING
+    alpha_beta: float = MISSING
+    init_temperature: float = MISSING
+    critic_tau: float = MISSING  # target Q EMA rate
+    actor_every: int = MISSING  # actor and temperature update period (in updates)
+    log_std_min: float = MISSING
+    log_std_max: float = MISSING
+
+
+@dataclass
+class SiamMAEConfig:
+    """SiamMAE baseline (DESIGN.md section 5; agents/siammae/README.md). The encoder, the
+    loss options (loss_on, norm_pix, reward_head, reward_scale) and the optimiser come
+    from the ``mae`` block, shared with MWM; mae.mask_ratio, mask_type, simmim, batch
+    and length are MWM's and unused by SiamMAE."""
+
+    mask_ratio: float = MISSING  # future frame's mask ratio (paper: 0.95); the past frame is unmasked
+    gap_min: int = MISSING  # frame gap k in agent steps, drawn per pair in [gap_min, gap_max]
+    gap_max: int = MISSING
+    dec_width: int = MISSING  # cross-self decoder
+    dec_depth: int = MISSING
+    dec_heads: int = MISSING
+    batch: int = MISSING  # frame pairs per update
+
+
+@dataclass
+class ProbeConfig:
+    """Reconstruction-only probes, ``python -m mwm.probe`` (docs/PROBES.md)."""
+
+    method: str = MISSING  # mwm | mae | simmim | siammae | dreamerv2 | curl | random
+    replay: str = MISSING  # a run directory (or its replay/) to read frames from; "" collects new ones
+    policy: str = MISSING  # a run directory whose newest checkpoint acts while collecting; "" random actions
+    train_episodes: int = MISSING  # episodes the representation and the linear probes learn from
+    eval_episodes: int = MISSING  # held-out episodes, only scored
+    episode_steps: int = MISSING  # most agent steps per collected episode
+    updates: int = MISSING  # representation updates per seed
+    seeds: int = MISSING  # seeds run.seed, run.seed + 1, ... (frames are collected once)
+    eval_frames: int = MISSING  # held-out frames scored (0: all)
+    probe_frames: int = MISSING  # training frames the linear probes fit on (0: all)
+    box_margin: int = MISSING  # pixels added around Atari RAM boxes (observations max-pool two frames)
+    visible_threshold: float = MISSING  # colour difference (0..1) that makes a box pixel an object pixel
+    ring: int = MISSING  # width of the ring around a box whose median colour is the background
+    probe_l2: List[float] = MISSING  # penalties the linear probes choose from on a validation split
+    probe_steps: int = MISSING  # L-BFGS iterations of the classification probes
+    confidence: float = MISSING  # level of the bootstrap intervals over seeds
+    figure_frames: int = MISSING  # frames in the reconstruction grid
+    log_every: int = MISSING  # updates between training-loss writes
 
 
 @dataclass
@@ -187,6 +281,9 @@ class Config:
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)
     ac: ActorCriticConfig = field(default_factory=ActorCriticConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    curl: CurlConfig = field(default_factory=CurlConfig)
+    siammae: SiamMAEConfig = field(default_factory=SiamMAEConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -330,13 +427,17 @@ def validate(cfg: DictConfig) -> None:
     _check(m.mask_type in ("random", "tube", "block", "grid"), "mae.mask_type",
            f"'{m.mask_type}' is not one of random, tube, block, grid")
     _check(m.loss_on in ("all", "masked"), "mae.loss_on", f"'{m.loss_on}' is not one of all, masked")
-    _check(e.size[0] % m.patch == 0, "mae.patch", f"{m.patch} must divide the image size {list(e.size)}")
+    if r.agent in ("mwm", "siammae"):  # the agents that tokenise frames with the MAE's stem
+        _check(e.size[0] % m.patch == 0 and e.size[1] % m.patch == 0, "mae.patch",
+               f"{m.patch} must divide the image size {list(e.size)}")
     _check(cfg.wm.reward_transform in ("symlog", "tanh", "none"), "wm.reward_transform",
            f"'{cfg.wm.reward_transform}' is not one of symlog, tanh, none")
     _check(cfg.ac.actor_grad in ("auto", "reinforce", "dynamics"), "ac.actor_grad",
            f"'{cfg.ac.actor_grad}' is not one of auto, reinforce, dynamics")
     _check(cfg.speed.precision in ("fp32", "bf16"), "speed.precision",
            f"'{cfg.speed.precision}' is not one of fp32, bf16")
+    _check(cfg.speed.compile in ("auto", "on", "off"), "speed.compile",
+           f"'{cfg.speed.compile}' is not one of auto, on, off")
     zero_ok = {"replay.prefetch", "mae.warmup", "rssm.unimix", "wm.kl_free"}
     for section in ("mae", "wm", "ac", "replay", "rssm"):
         for key, value in cfg[section].items():

@@ -166,17 +166,15 @@ class TransitionSampler:
         present = {id(e) for e in episodes}
         while self._indexed and id(self._indexed[0].episode) not in present:
             self._drop(self._indexed.popleft())
-        if self._indexed and len(self._indexed) <= len(episodes) and \
-                episodes[len(self._indexed) - 1] is not self._indexed[-1].episode:
+        if self._indexed and (len(self._indexed) > len(episodes)
+                              or episodes[len(self._indexed) - 1] is not self._indexed[-1].episode):
             raise RuntimeError("replay episodes changed order; the transition index cannot follow it")
         for episode in episodes[len(self._indexed):]:
             self._add(episode)
         return self._live
 
     def _add(self, episode: Episode) -> None:
-        count = len(episode["is_first"]) - 1
-        if count < 1:
-            return
+        count = len(episode["is_first"]) - 1  # a 1-step episode holds no transition but keeps its place
         if self._live + count > self.capacity:
             raise UserError(f"transition sampler capacity {self.capacity} is below the replay's RAM contents "
                             f"({self._live + count} transitions): give it at least replay.capacity")
