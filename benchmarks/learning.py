@@ -46,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--logdir", default="runs/bench-learning")
     p.add_argument("--out", default="runs/bench-learning/learning.json")
     p.add_argument("--plot", default="runs/bench-learning/learning.png")
+    p.add_argument("--train-every", type=int, default=5, help="agent steps between updates (MWM: 5)")
+    p.add_argument("--prefill", type=int, default=500)
+    p.add_argument("--pretrain", type=int, default=100, help="autoencoder-only updates after prefill")
     p.add_argument("overrides", nargs="*", help="extra flags for mwm.train, after --, e.g. -- --mae.mask_ratio 0.9")
     return p.parse_args(argv)
 
@@ -75,6 +78,8 @@ def train_seed(args, seed: int) -> dict:
     cmd = [sys.executable, "-m", "mwm.train", "--env", args.env, "--agent", args.agent, "--preset", args.preset,
            "--seed", str(seed), "--steps", str(args.steps), "--logdir", str(logdir),
            "--run.eval_every", str(args.eval_every), "--run.eval_episodes", str(args.eval_episodes),
+           "--run.train_every", str(args.train_every), "--run.prefill", str(args.prefill),
+           "--run.pretrain", str(args.pretrain), "--env.time_limit", "0",  # full episodes, as the random baseline
            *(["--env.object_size", str(args.object_size)] if args.env == "toy_catch" else []), *args.overrides]
     print("$", " ".join(cmd), flush=True)
     start = time.time()
