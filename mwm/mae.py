@@ -202,17 +202,23 @@ class MaskedAutoencoder(nn.Module):
         pred_pixels, pred_reward = self.decode(latents, masking)
         target = self.patchify(preprocess(images))  # (N, L, P)
         pixel_loss = mae_pixel_loss(pred_pixels, target, masking.mask, self.loss_on, self.norm_pix)  # (N,)
+        return self.add_reward_loss(pixel_loss, pred_reward, rewards, "mae")
+
+    def add_reward_loss(self, pixel_loss: torch.Tensor, pred_reward: torch.Tensor | None,
+                        rewards: torch.Tensor | None, prefix: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-frame pixel loss (N,) + reward_scale * reward loss, averaged over frames,
+        with detached metrics ``<prefix>/pixel_loss``, ``<prefix>/reward_loss``, ``<prefix>/loss``."""
         if pred_reward is None:
             reward_loss = torch.zeros_like(pixel_loss)
         else:
             if rewards is None:
-                raise ValueError("MaskedAutoencoder.loss needs rewards (N,) when the reward head is on")
+                raise ValueError(f"{type(self).__name__} needs rewards (N,) for its loss when the reward head is on")
             reward_loss = mae_reward_loss(pred_reward, rewards)  # (N,)
         loss = (pixel_loss + self.reward_scale * reward_loss).mean()
         metrics = {
-            "mae/pixel_loss": pixel_loss.mean().detach(),
-            "mae/reward_loss": reward_loss.mean().detach(),
-            "mae/loss": loss.detach(),
+            f"{prefix}/pixel_loss": pixel_loss.mean().detach(),
+            f"{prefix}/reward_loss": reward_loss.mean().detach(),
+            f"{prefix}/loss": loss.detach(),
         }
         return loss, metrics
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mwm.errors import UserError
-from mwm.losses.representation import NORM_PIX_EPS, mae_reward_loss
+from mwm.losses.representation import NORM_PIX_EPS
 from mwm.losses.siamese import future_frame_loss
 from mwm.mae import GREY, MaskedAutoencoder
 from mwm.masking import Masking, num_kept, random_masking, restore_tokens
@@ -216,19 +216,7 @@ class SiameseMaskedAutoencoder(MaskedAutoencoder):
         pred_pixels, pred_reward = self.predict_future(past, future, masking)
         target = self.patchify(preprocess(future))  # (N, L, P)
         pixel_loss = future_frame_loss(pred_pixels, target, masking.mask, self.loss_on, self.norm_pix)  # (N,)
-        if pred_reward is None:
-            reward_loss = torch.zeros_like(pixel_loss)
-        else:
-            if future_reward is None:
-                raise ValueError("SiameseMaskedAutoencoder.pair_loss needs future rewards (N,) with the reward head on")
-            reward_loss = mae_reward_loss(pred_reward, future_reward)  # (N,)
-        loss = (pixel_loss + self.reward_scale * reward_loss).mean()
-        metrics = {
-            "siammae/pixel_loss": pixel_loss.mean().detach(),
-            "siammae/reward_loss": reward_loss.mean().detach(),
-            "siammae/loss": loss.detach(),
-        }
-        return loss, metrics
+        return self.add_reward_loss(pixel_loss, pred_reward, future_reward, "siammae")
 
     # ----------------------------------------------------------------- figures
 

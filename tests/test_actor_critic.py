@@ -19,15 +19,6 @@ RSSM = dict(deter=32, hidden=32, stoch=4, classes=4)
 FEAT = rssm_feat_dim(RSSM)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops run faster on one thread, and much faster when other jobs share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_world_model() -> WorldModel:
     torch.manual_seed(0)
     encoder = FlatViTEncoder(8, 5, width=8, depth=1, heads=2)

@@ -198,15 +198,6 @@ def test_loss_combines_terms_with_reward_scale():
 # ----------------------------------------------------------------- training
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors train faster on one thread, and do not stall when other jobs share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("stem", [True, False])
 def test_loss_falls_on_a_fixed_batch(stem, one_thread):
     model = tiny_mae(stem=stem)

@@ -10,15 +10,6 @@ B, T, E, A = 3, 5, 8, 2
 DETER, STOCH, CLASSES = 32, 4, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops run faster on one thread, and much faster when other jobs share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_rssm(**overrides) -> RSSM:
     torch.manual_seed(0)
     kwargs = dict(deter=DETER, hidden=32, stoch=STOCH, classes=CLASSES, **overrides)

@@ -15,15 +15,6 @@ L = 64  # 8x8 tokens, as MWM's 64x64 frames
 KEPT = 3  # floor(64 * (1 - 0.95))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and stay fast when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_siammae(**overrides) -> SiameseMaskedAutoencoder:
     """32x32 images, 2-conv stem (downsample 4) -> 8x8 = 64 tokens of width 16."""
     torch.manual_seed(0)

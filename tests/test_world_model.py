@@ -17,15 +17,6 @@ RSSM = dict(deter=32, hidden=32, stoch=4, classes=4)
 TOKENS, TOKEN_DIM = 5, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops run faster on one thread, and much faster when other jobs share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def token_world_model(**overrides) -> WorldModel:
     torch.manual_seed(0)
     feat = rssm_feat_dim(RSSM)
