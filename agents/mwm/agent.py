@@ -28,14 +28,19 @@ from mwm.world_model import FlatViTEncoder, TokenDecoder
 FIGURE_FRAMES = 8  # frames in the input | masked | reconstruction figure
 
 
-def build_mae(cfg, image_shape) -> MaskedAutoencoder:
-    """The autoencoder from the ``mae`` config block for images (H, W, C)."""
+def mae_kwargs(cfg, image_shape) -> Dict[str, Any]:
+    """MaskedAutoencoder arguments from the ``mae`` config block for images (H, W, C)."""
     m = cfg.mae
-    return MaskedAutoencoder(
+    return dict(
         in_channels=image_shape[-1], image_size=image_shape[0], stem=m.stem, stem_channels=tuple(m.stem_channels),
         patch=m.patch, width=m.width, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dec_width=m.dec_width,
         dec_depth=m.dec_depth, dec_heads=m.dec_heads, simmim=m.simmim, reward_head=m.reward_head,
         loss_on=m.loss_on, norm_pix=m.norm_pix, reward_scale=m.reward_scale)
+
+
+def build_mae(cfg, image_shape) -> MaskedAutoencoder:
+    """The autoencoder from the ``mae`` config block for images (H, W, C)."""
+    return MaskedAutoencoder(**mae_kwargs(cfg, image_shape))
 
 
 class MWMAgent(WorldModelAgent):

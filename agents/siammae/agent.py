@@ -19,7 +19,7 @@ from typing import Any, Dict
 import torch
 
 from agents.base import Metrics
-from agents.mwm.agent import MWMAgent
+from agents.mwm.agent import MWMAgent, mae_kwargs
 from agents.world_model_agent import WorldModelAgent
 from mwm.masking import Masking
 from mwm.siammae import SiameseMaskedAutoencoder, check_gaps, frame_pairs
@@ -32,12 +32,11 @@ FIGURE_ROWS = ("past", "future", "masked", "reconstruction", "pasted")
 def build_siammae(cfg, image_shape) -> SiameseMaskedAutoencoder:
     """SiamMAE from the ``mae`` (encoder, loss options) and ``siammae`` (masking, decoder)
     config blocks for images (H, W, C)."""
-    m, s = cfg.mae, cfg.siammae
-    return SiameseMaskedAutoencoder(
-        in_channels=image_shape[-1], image_size=image_shape[0], stem=m.stem, stem_channels=tuple(m.stem_channels),
-        patch=m.patch, width=m.width, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dec_width=s.dec_width,
-        dec_depth=s.dec_depth, dec_heads=s.dec_heads, mask_ratio=s.mask_ratio, reward_head=m.reward_head,
-        loss_on=m.loss_on, norm_pix=m.norm_pix, reward_scale=m.reward_scale)
+    s = cfg.siammae
+    kwargs = mae_kwargs(cfg, image_shape)
+    del kwargs["simmim"]  # SiamMAE's encoder never sees its removed tokens
+    kwargs.update(dec_width=s.dec_width, dec_depth=s.dec_depth, dec_heads=s.dec_heads, mask_ratio=s.mask_ratio)
+    return SiameseMaskedAutoencoder(**kwargs)
 
 
 class SiamMAEAgent(MWMAgent):
