@@ -8,19 +8,24 @@ a power cut. If the disk is full or the folder is not writable, the temporary fi
 removed, the previous file under the final name (if any) is left untouched, and a
 one-line :class:`mwm.errors.UserError` says what to do.
 
-This module is a leaf: it imports only the standard library, numpy and torch, so
-every package (``envs``, ``replay``, ``mwm``) may use it.
+A crash can leave a temporary file behind (never a half-written final name);
+:func:`remove_stale_temp_files` clears them when a run restarts.
+
+This module is a leaf: it imports only the standard library, numpy, torch and
+``mwm.faults`` (itself standard library only), so every package (``envs``, ``replay``,
+``mwm``) may use it.
 """
 
 import errno
 import io
 import os
 import tempfile
-from typing import Callable, Mapping
+from typing import Callable, List, Mapping
 
 import numpy as np
 
 from mwm.errors import UserError
+from mwm.faults import maybe_kill
 
 _ADVICE = {
     getattr(errno, name): advice
@@ -79,19 +84,36 @@ def _atomic_write(path: str, write: Callable[[io.BufferedWriter], object]) -> No
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            maybe_kill("write", os.path.basename(path))  # crash tests: die before the rename
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
     except OSError as error:
-        raise UserError(_describe(error, path)) from error
+        raise UserError(describe_os_error(error, path)) from error
     finally:
         if tmp is not None:
             _remove_quietly(tmp)
     _fsync_folder(folder)
 
 
-def _describe(error: OSError, path: str) -> str:
-    """One line naming the failure, the path and the fix."""
+def remove_stale_temp_files(folder: str) -> List[str]:
+    """Delete the temp files that writes interrupted by a crash left in ``folder``.
+
+    Call it only while no other process writes there (the run directory's lock).
+    Returns the names removed; a missing folder has none.
+    """
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(".") and name.endswith(".tmp") and os.path.isfile(os.path.join(folder, name)):
+            _remove_quietly(os.path.join(folder, name))
+            removed.append(name)
+    return removed
+
+
+def describe_os_error(error: OSError, path: str) -> str:
+    """One line naming a failed write, its path and the fix (e.g. ENOSPC: free disk space)."""
     problem, fix = _ADVICE.get(
         error.errno, (error.strerror or type(error).__name__, "check the path and the disk")
     )

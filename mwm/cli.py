@@ -63,10 +63,14 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Tuple[
 
 
 def run_main(main: Callable[[], int]) -> None:
-    """Run an entry point: a UserError becomes one line on stderr and exit status 2."""
+    """Run an entry point: a UserError becomes one line on stderr and exit status 2; an
+    interrupt that the entry point did not handle (a second Ctrl-C) one line and status 130."""
     try:
         code = main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: stopped at once, without a final checkpoint (the last one is kept)", file=sys.stderr)
+        sys.exit(130)
     sys.exit(code or 0)

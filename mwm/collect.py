@@ -26,14 +26,17 @@ def to_tensors(obs: Dict[str, np.ndarray], device: torch.device) -> Dict[str, to
 
 
 class Collector:
-    """Steps N envs with a policy; every step goes to replay with the action that led to it."""
+    """Steps N envs with a policy; every step goes to replay with the action that led to it.
 
-    def __init__(self, env, replay, agent, logger=None):
+    ``episodes`` counts finished episodes, starting from ``episodes`` (a resumed run's count).
+    """
+
+    def __init__(self, env, replay, agent, logger=None, episodes: int = 0):
         self.env, self.replay, self.agent = env, replay, agent
         self.discrete = env.discrete
         self.action_size = env.action_size
         self.state = None
-        self.episodes = 0
+        self.episodes = int(episodes)
         self.last_return: Optional[float] = None
         self._returns = np.zeros(env.num_envs)
         self._lengths = np.zeros(env.num_envs, dtype=np.int64)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Dict
 
-import torch
-
 from mwm.errors import UserError
 
 
@@ -18,7 +16,9 @@ class NonFiniteGuard:
     """Counts consecutive updates whose optimisers skipped a non-finite loss or gradient.
 
     Agents report skipped updates in metrics keys ending in ``/nonfinite`` (1 when that
-    optimiser skipped its step). Each skip is logged; ``limit`` in a row stops the run.
+    optimiser skipped its step). Each skip is printed at once and counted in ``total``
+    (the training loop logs it as ``train/nonfinite_total``); ``limit`` in a row stops
+    the run.
     """
 
     def __init__(self, limit: int):
@@ -39,4 +39,4 @@ class NonFiniteGuard:
             raise TrainingDiverged(f"{self.in_row} non-finite updates in a row at step {step}: the run stopped and "
                                    "the last checkpoint holds finite weights; lower the learning rates or check "
                                    "the inputs, then re-run to resume")
-        return {**metrics, "train/nonfinite_total": torch.tensor(float(self.total))}
+        return metrics

@@ -8,13 +8,20 @@ never touches an existing run directory:
     <logdir>/replay/            one .npz per finished episode
     <logdir>/metrics.jsonl      one JSON object per log write
     <logdir>/events.*           TensorBoard
+    <logdir>/.lock              held (flock) by the one process training in it
+
+Crash safety: config, checkpoints and episodes are written atomically; a process
+killed mid-write leaves only a hidden temp file, removed when the run restarts. A
+restart resumes from the newest intact checkpoint (damaged ones are skipped with a
+warning naming them); episodes finished after that checkpoint stay in replay.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,6 +35,8 @@ RESUMABLE_KEYS = (
     "run.eval_episodes", "run.log_every", "run.report_every", "run.checkpoint_every",
     "run.max_nonfinite", "replay.prefetch", "speed.precision", "speed.fused_optim", "speed.pin_memory",
 )
+
+LOCK_NAME = ".lock"
 
 # Which env.* keys each suite's constructor takes.
 SUITE_ENV_KEYS = {
@@ -73,18 +82,90 @@ def _check_env(cfg: DictConfig) -> None:
     """Build the env once: unknown names and missing rendering libraries fail here."""
     import envs
 
-    env = envs.make(cfg.run.env, seed=cfg.run.seed, **env_kwargs(cfg))
+    try:
+        env = envs.make(cfg.run.env, seed=cfg.run.seed, **env_kwargs(cfg))
+    except UserError:
+        raise
+    except Exception as error:  # dm_control fails to import or render in many ways
+        if config_lib.suite_of(cfg.run.env) != "dmc":
+            raise
+        from envs.gl import INSTALL_HINT
+
+        detail = (str(error).splitlines() or [""])[0][:300]
+        backend = os.environ.get("MUJOCO_GL") or "unset"
+        raise UserError(f"MuJoCo cannot render {cfg.run.env} (MUJOCO_GL={backend}; {type(error).__name__}: "
+                        f"{detail}): {INSTALL_HINT}, and set MUJOCO_GL=egl or osmesa or leave it unset") from error
     env.close()
+
+
+def _load_saved_config(saved: Path) -> DictConfig:
+    """The config an existing run was started with; a damaged file is a UserError."""
+    try:
+        return config_lib.load(saved)
+    except UserError as error:
+        raise UserError(f"{saved} does not match the config schema ({error}): use a new --logdir") from None
+    except Exception as error:  # not YAML at all, unreadable, ...
+        raise UserError(f"{saved} is unreadable ({type(error).__name__}): restore it from a backup, "
+                        "or use a new --logdir") from None
+
+
+def _create(path: Path) -> None:
+    """mkdir -p, as a UserError when the file system refuses."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create logdir '{path}' ({error.strerror}): pass a --logdir you can write to") from None
+
+
+def _lock(path: Path) -> Optional[TextIO]:
+    """Hold ``<path>/.lock`` for this process's lifetime; UserError if another process holds it.
+
+    The operating system drops the lock when the process dies, even by SIGKILL.
+    Returns the open lock file (None where advisory locks do not exist).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; two runs in one logdir are the user's care
+        return None
+    handle = open(path / LOCK_NAME, "a")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"logdir '{path}' is in use by another training process: stop that run first, "
+                        "or pass another --logdir") from None
+    except OSError as error:  # a file system without locks: carry on unprotected
+        print(f"warning: cannot lock {path / LOCK_NAME} ({error.strerror}); make sure no other run uses "
+              "this logdir", file=sys.stderr)
+    return handle
+
+
+def _clean_interrupted_writes(path: Path) -> None:
+    """Remove the temp files of writes a crash interrupted (safe: this process holds the lock)."""
+    from mwm.atomic import remove_stale_temp_files
+
+    for folder in (path, path / "checkpoints", path / "replay"):
+        removed = remove_stale_temp_files(str(folder))
+        if removed:
+            print(f"removed {len(removed)} unfinished temp file(s) left in {folder} by an interrupted run: "
+                  f"{', '.join(removed)}", file=sys.stderr)
 
 
 class RunDir:
     """A prepared run directory with its config and device."""
 
-    def __init__(self, path: Path, cfg: DictConfig, device, resumed: bool):
+    def __init__(self, path: Path, cfg: DictConfig, device, resumed: bool, lock: Optional[TextIO] = None):
         self.path = path
         self.cfg = cfg
         self.device = device
         self.resumed = resumed
+        self._lock = lock
+
+    def close(self) -> None:
+        """Release the run directory's lock (the process exiting releases it too)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @property
     def checkpoints(self) -> Path:
@@ -94,24 +175,42 @@ class RunDir:
         return env_kwargs(self.cfg)
 
     def restore(self, agent) -> Dict:
-        """Load the newest valid checkpoint into ``agent``; returns the counters."""
+        """Load the newest intact checkpoint into ``agent``; returns its counters.
+
+        Counters: ``step`` (agent steps), ``updates`` (every update, pre-training
+        included), ``pretrain_updates`` (of ``run.pretrain``), ``pretrained`` and
+        ``episodes`` (finished by ``step``). They are saved with the weights they
+        describe, so a resumed run continues from exactly that point.
+        """
         from mwm.checkpoint import load_latest, set_rng_state
 
-        counters = {"step": 0, "updates": 0, "episodes": 0, "pretrained": False}
+        counters = {"step": 0, "updates": 0, "episodes": 0, "pretrained": False, "pretrain_updates": 0}
         state, path = load_latest(self.checkpoints)
         if state is None:
             return counters
         agent.load_state_dict(state["agent"])
+        if state["counters"].get("pretrained") and "pretrain_updates" not in state["counters"]:
+            counters["pretrain_updates"] = self.cfg.run.pretrain  # a checkpoint from before this counter
         counters.update(state["counters"])
         set_rng_state(state["rng"])
         print(f"resuming from {path} at step {counters['step']}")
         return counters
 
-    def save(self, agent, counters: Dict) -> None:
-        from mwm.checkpoint import rng_state, save_checkpoint
+    def save(self, agent, counters: Dict) -> str:
+        """Write ``checkpoint-<step>.pt`` (atomic, newest two kept); returns its path.
+
+        Weights holding NaN or inf are refused with a UserError and the previous
+        checkpoints stay as they are.
+        """
+        from mwm.checkpoint import first_nonfinite, rng_state, save_checkpoint
 
         state = {"agent": agent.state_dict(), "counters": dict(counters), "rng": rng_state()}
-        save_checkpoint(str(self.checkpoints), state, step=counters["step"])
+        bad = first_nonfinite(state)
+        if bad is not None:
+            raise UserError(f"not saving a checkpoint at step {counters['step']}: '{bad}' holds NaN or inf; "
+                            f"the previous checkpoint in {self.checkpoints} is kept: lower the learning rates "
+                            "or check the inputs, then re-run to resume from it")
+        return save_checkpoint(str(self.checkpoints), state, step=counters["step"])
 
 
 def prepare_run(env: str, agent: str, preset: str, overrides: Sequence[str], resume: bool = False,
@@ -123,20 +222,30 @@ def prepare_run(env: str, agent: str, preset: str, overrides: Sequence[str], res
     path = Path(cfg.run.logdir).expanduser()
     _check_writable(path)
     device = resolve_device(cfg.run.device)
+    if check_env:
+        _check_env(cfg)
     saved = path / "config.yaml"
     has_checkpoint = (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("checkpoint-*.pt"))
     if resume and not has_checkpoint:
         raise UserError(f"--resume: no checkpoint in '{path / 'checkpoints'}': drop --resume to start a new run")
     if saved.exists():
-        old = _flatten(OmegaConf.to_container(config_lib.load(saved)))
+        old = _flatten(OmegaConf.to_container(_load_saved_config(saved)))
         new = _flatten(OmegaConf.to_container(cfg))
-        for key in sorted(set(old) | set(new)):
+        identity = ["run.env", "run.agent", "run.preset"]  # named first: they explain the rest
+        for key in identity + sorted((set(old) | set(new)) - set(identity)):
+            if old.get(key) == "???":  # a key added to the schema after this run started
+                continue
             if key not in RESUMABLE_KEYS and old.get(key) != new.get(key):
                 raise UserError(f"logdir '{path}' holds a run with {key}={old.get(key)!r}, not {new.get(key)!r}: "
                                 "use a new --logdir, or the same settings to resume")
-    if check_env:
-        _check_env(cfg)
-    path.mkdir(parents=True, exist_ok=True)
-    if not saved.exists():
-        config_lib.save(cfg, saved)
-    return RunDir(path, cfg, device, resumed=has_checkpoint)
+    _create(path)
+    lock = _lock(path)
+    try:
+        _clean_interrupted_writes(path)
+        if not saved.exists():
+            config_lib.save(cfg, saved)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+    return RunDir(path, cfg, device, resumed=has_checkpoint, lock=lock)

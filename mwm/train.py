@@ -3,10 +3,22 @@
 The loop reads like the algorithm box of the papers: prefill replay with a random
 policy, pre-train (MWM: the autoencoder alone), then alternate policy steps in the envs
 with scheduled updates, evaluating, logging and checkpointing on their own schedules.
+
+Stopping and resuming. SIGINT or SIGTERM finishes the current step (or pre-training
+update), writes a final checkpoint and exits 0; a second signal stops at once. After a
+crash (SIGKILL, power cut) re-running the same command resumes from the newest intact
+checkpoint. A checkpoint is one consistent snapshot: ``checkpoint-<S>.pt`` holds
+``counters["step"] == S`` together with the weights and optimiser states after exactly
+``counters["updates"]`` updates and the RNG states of that moment. Work done after it is
+redone, except that episodes finished after it stay in replay (they were saved as they
+finished) and are trained on. User mistakes and a full disk exit with status 2 and one
+line; too many non-finite updates in a row also exit 2, keeping the last (finite)
+checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import time
@@ -17,6 +29,7 @@ import torch
 
 from mwm import cli
 from mwm.errors import UserError
+from mwm.faults import maybe_kill
 from mwm.run_dir import RunDir, prepare_run
 from mwm.runtime import Every, seed_everything
 
@@ -56,6 +69,17 @@ class StopFlag:
               file=sys.stderr)
 
 
+# Write errors that mean "the disk cannot take more", reported as one line.
+DISK_ERRNOS = {getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EIO") if hasattr(errno, name)}
+
+
+def disk_error(error: OSError, fallback: object) -> UserError:
+    """A full or failing disk met outside the atomic writers (logs, TensorBoard) as a UserError."""
+    from mwm.atomic import describe_os_error
+
+    return UserError(describe_os_error(error, str(error.filename or fallback)))
+
+
 def log_media(logger, media: dict) -> None:
     """Arrays (H, W, C) are images, (T, H, W, C) videos."""
     for name, array in media.items():
@@ -67,7 +91,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run = prepare_run(args.env, args.agent, args.preset, overrides, resume=args.resume)
     stop = StopFlag()
     stop.install()
-    return train(run, stop)
+    try:
+        return train(run, stop)
+    finally:
+        run.close()
 
 
 def train(run: RunDir, stop: StopFlag) -> int:
@@ -88,7 +115,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
     agent = make_agent(cfg, env.obs_space, env.act_space, device)
     counters = run.restore(agent)
     logger = Logger(run.path)
-    collector = Collector(env, replay, agent, logger)
+    collector = Collector(env, replay, agent, logger, episodes=counters["episodes"])
     guard = NonFiniteGuard(r.max_nonfinite)
     rng = np.random.default_rng(r.seed + counters["step"])
 
@@ -104,6 +131,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
     start_time, start_step, start_updates = time.time(), counters["step"], counters["updates"]
     metrics: dict = {}
     logged_step = None
+    saved_step = counters["step"] if run.resumed else None
 
     def write_log(step: int) -> None:
         nonlocal logged_step
@@ -114,6 +142,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
         logger.scalar("speed/agent_steps_per_s", (step - start_step) / elapsed)
         logger.scalar("speed/updates_per_s", (counters["updates"] - start_updates) / elapsed)
         logger.scalar("replay/steps", replay.num_steps)
+        logger.scalar("train/nonfinite_total", guard.total)  # updates skipped for NaN / inf so far
         logger.write(step)
         logged_step = step
 
@@ -126,17 +155,24 @@ def train(run: RunDir, stop: StopFlag) -> int:
                 collector.step(lambda obs: collector.agent_policy(obs, mode="train"))
             counters["step"] += env.num_envs
             counters["episodes"] = collector.episodes
+            maybe_kill("step", counters["step"])
 
-            # 2. Learn: the one-off pre-training, then scheduled updates.
+            # 2. Learn: the one-off pre-training (one update at a time, so that a signal
+            # stops it and a resume continues it), then scheduled updates.
             if counters["step"] >= r.prefill and replay.num_episodes > 0:
                 if not counters["pretrained"]:
-                    print(f"pre-training: {r.pretrain} updates on {replay.num_steps} replay steps")
-                    metrics = guard.check(agent.pretrain(replay, r.pretrain), counters["step"])
-                    counters["updates"] += r.pretrain
-                    counters["pretrained"] = True
-                if should["train"](counters["step"]):
+                    if counters["pretrain_updates"] == 0:
+                        print(f"pre-training: {r.pretrain} updates on {replay.num_steps} replay steps")
+                    while counters["pretrain_updates"] < r.pretrain and stop.signal is None:
+                        metrics = guard.check(agent.pretrain(replay, 1), counters["step"])
+                        maybe_kill("update", counters["updates"])
+                        counters["updates"] += 1
+                        counters["pretrain_updates"] += 1
+                    counters["pretrained"] = counters["pretrain_updates"] >= r.pretrain
+                if counters["pretrained"] and should["train"](counters["step"]):
                     for _ in range(r.train_steps):
                         metrics = guard.check(agent.update(replay), counters["step"])
+                        maybe_kill("update", counters["updates"])
                         counters["updates"] += 1
 
             # 3. Observe: evaluation, logs, figures, checkpoints.
@@ -150,17 +186,25 @@ def train(run: RunDir, stop: StopFlag) -> int:
                 logger.write(step)
             if should["checkpoint"](step):
                 run.save(agent, counters)
+                saved_step = step
             progress.update(step, **({} if collector.last_return is None else {"return": collector.last_return}))
+        if logged_step != counters["step"]:
+            write_log(counters["step"])
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        raise disk_error(error, run.path) from error
     finally:
         progress.close()
         collector.close()
+        if hasattr(agent, "close"):  # background samplers
+            agent.close()
         env.close()
         if eval_env is not None:
             eval_env.close()
-    if logged_step != counters["step"]:
-        write_log(counters["step"])
-    run.save(agent, counters)
-    logger.close()
+        logger.close()
+    if saved_step != counters["step"]:
+        run.save(agent, counters)
     elapsed = time.time() - start_time
     print(f"done: {counters['step']} agent steps, {counters['episodes']} episodes, {counters['updates']} updates "
           f"in {elapsed:.0f}s | last return {collector.last_return} | logdir {run.path}"

@@ -1,0 +1,130 @@
+"""Shared by the robustness tests: tiny training runs, run-directory snapshots and checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Smaller than tiny: 9-step toy_catch episodes, a few updates, a checkpoint every 10 steps.
+TINY_RUN = ["--env", "toy_catch", "--preset", "tiny", "--run.envs", "1", "--run.parallel", "false",
+            "--env.time_limit", "8", "--run.pretrain", "2", "--run.train_every", "5",
+            "--run.checkpoint_every", "10", "--run.log_every", "10", "--run.report_every", "0"]
+
+
+def child_env(**extra: str) -> Dict[str, str]:
+    """Environment for a child ``python -m mwm.train``: unbuffered, one thread, no fault unless asked."""
+    env = {k: v for k, v in os.environ.items() if k != "MWM_KILL_AT"}
+    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def train_command(logdir: Path, *flags: str) -> List[str]:
+    return [sys.executable, "-m", "mwm.train", "--logdir", str(logdir), *flags]
+
+
+def run_train(logdir: Path, *flags: str, kill_at: Optional[str] = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m mwm.train`` to its end (or to the SIGKILL that ``kill_at`` injects)."""
+    env = child_env(**({"MWM_KILL_AT": kill_at} if kill_at else {}))
+    return subprocess.run(train_command(logdir, *flags), capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=timeout, check=False)
+
+
+def run_and_signal(logdir: Path, *flags: str, sig: int, delay: float, after: str = "resuming from",
+                   timeout: float = 300) -> subprocess.CompletedProcess:
+    """Start a run, wait for the stdout line containing ``after``, wait ``delay`` s, send ``sig``.
+
+    Returns the finished process with its whole output (the run may end on its own first).
+    """
+    import threading
+    import time
+
+    proc = subprocess.Popen(train_command(logdir, *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env=child_env())
+    stderr: List[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
+    reader.start()
+    stdout: List[str] = []
+    for line in proc.stdout:
+        stdout.append(line)
+        if after in line:
+            time.sleep(delay)
+            if proc.poll() is None:
+                proc.send_signal(sig)
+            break
+    stdout.extend(proc.stdout)
+    proc.wait(timeout=timeout)
+    reader.join(timeout=10)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(stdout), "".join(stderr))
+
+
+def describe(result: subprocess.CompletedProcess) -> str:
+    """Command, exit status and output tails, for assertion messages."""
+    return (f"{' '.join(map(str, result.args))}\nexit {result.returncode}\n--- stdout\n{result.stdout[-2500:]}"
+            f"\n--- stderr\n{result.stderr[-2500:]}")
+
+
+def snapshot(path: Path) -> Dict[str, tuple]:
+    """Every file and folder under ``path`` (itself included) with size and mtime in ns."""
+    if not path.exists():
+        return {}
+    entries = {".": ("dir", path.stat().st_mtime_ns)}
+    for item in sorted(path.rglob("*")):
+        info = item.stat()
+        kind = "dir" if item.is_dir() else "file"
+        entries[str(item.relative_to(path))] = (kind, info.st_size if kind == "file" else 0, info.st_mtime_ns)
+    return entries
+
+
+def checkpoint_files(logdir: Path) -> Dict[int, Path]:
+    """step -> path of every checkpoint file in ``logdir/checkpoints``."""
+    from mwm.checkpoint import list_checkpoints
+
+    return {step: Path(path) for step, path in list_checkpoints(str(logdir / "checkpoints"))}
+
+
+def temp_files(folder: Path) -> List[str]:
+    """Hidden temp files of interrupted atomic writes."""
+    return sorted(p.name for p in folder.glob(".*.tmp")) if folder.is_dir() else []
+
+
+def load_counters(path: Path) -> Dict:
+    """The counters of a checkpoint plus the update counts of its optimisers."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    counters = dict(state["counters"])
+    counters["optimizer_updates"] = {name: int(opt["updates"])
+                                     for name, opt in state["agent"]["optimizers"].items()}
+    return counters
+
+
+def metrics_rows(logdir: Path) -> List[Dict]:
+    path = logdir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def killed(result: subprocess.CompletedProcess) -> bool:
+    return result.returncode == -signal.SIGKILL
+
+
+def error_lines(text: str) -> List[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def one_error_line(text: str, needles: Sequence[str]) -> str:
+    """The single stderr line of a refused command; asserts it names every needle."""
+    lines = error_lines(text)
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{text}"
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for needle in needles:
+        assert needle.lower() in line.lower(), f"{needle!r} not in {line!r}"
+    return line
