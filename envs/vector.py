@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 
 import gymnasium as gym
 import numpy as np
@@ -146,11 +147,11 @@ class VectorEnv:
     def _build(self) -> gym.vector.VectorEnv:
         """Start the gymnasium vector env (workers, or in-process copies)."""
         factory = functools.partial(make, self._name, **self._overrides)
-        factories = [factory] * self._num_envs
         if not self._parallel:
-            return SyncVectorEnv(factories, autoreset_mode=AutoresetMode.NEXT_STEP)
+            return SyncVectorEnv([factory] * self._num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
+        worker_factory = functools.partial(_make_in_worker, self._name, self._overrides)
         return AsyncVectorEnv(
-            factories,
+            [worker_factory] * self._num_envs,
             shared_memory=True,
             context=self._context,
             autoreset_mode=AutoresetMode.NEXT_STEP,
@@ -238,6 +239,16 @@ class VectorEnv:
             env.close()
         except Exception:  # a worker died while closing
             _kill_workers(env)
+
+
+def _make_in_worker(name: str, overrides: dict) -> gym.Env:
+    """Build an env inside a worker process that leaves Ctrl-C to the main process.
+
+    A terminal's SIGINT reaches the whole process group; the trainer handles it (final
+    checkpoint, then it closes the workers), so workers must not die on it first.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return make(name, **overrides)
 
 
 def _kill_workers(env: AsyncVectorEnv) -> None:

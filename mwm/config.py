@@ -176,7 +176,7 @@ class SpeedConfig:
     fused_optim: bool = MISSING
     pin_memory: bool = MISSING
     cuda_graph: bool = MISSING  # capture each update and policy step as a CUDA graph (CUDA only)
-    compile: str = MISSING  # torch.compile the transformer stacks: auto (CUDA only) | on | off
+    compile: str = MISSING  # torch.compile the transformer stacks: auto (CUDA only) | always | never
     compile_backend: str = MISSING  # torch.compile backend (inductor; aot_eager for quick checks)
     replay_on_device: bool = MISSING  # keep replay episodes on the GPU, sample there (CUDA only)
 
@@ -329,8 +329,26 @@ def _user_error(exc: OmegaConfBaseException, origin: str) -> UserError:
         return UserError(f"unknown config key '{key}' ({origin}){_nearest(key)}")
     if isinstance(exc, ValidationError):
         msg = str(exc).splitlines()[0]
-        return UserError(f"bad value for config key '{key}' ({origin}): {msg}")
+        return UserError(f"bad value for config key '{key}' ({origin}): {msg}; {_expected(key)}")
     return UserError(f"config error at '{key}' ({origin}): {str(exc).splitlines()[0]}")
+
+
+_TYPE_HINTS = {"int": "a whole number, e.g. --{key} 3", "float": "a number, e.g. --{key} 0.5",
+               "bool": "true or false, e.g. --{key} false", "str": "a word, e.g. --{key} NAME",
+               "List[int]": "a list, e.g. --{key} [64,64]"}
+
+
+def _expected(key: str) -> str:
+    """What the schema wants for a dotted key, as a hint the user can act on."""
+    node: Any = Config
+    for part in key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return "see configs/defaults.yaml for the expected value"
+        field_ = fields[part]
+        node = field_.default_factory if field_.default_factory is not dataclasses.MISSING else field_.type
+    hint = _TYPE_HINTS.get(node if isinstance(node, str) else getattr(node, "__name__", ""), None)
+    return f"give {hint.format(key=key)}" if hint else "see configs/defaults.yaml for the expected value"
 
 
 def _merge(cfg: DictConfig, data: dict, origin: str) -> DictConfig:
@@ -436,8 +454,8 @@ def validate(cfg: DictConfig) -> None:
            f"'{cfg.ac.actor_grad}' is not one of auto, reinforce, dynamics")
     _check(cfg.speed.precision in ("fp32", "bf16"), "speed.precision",
            f"'{cfg.speed.precision}' is not one of fp32, bf16")
-    _check(cfg.speed.compile in ("auto", "on", "off"), "speed.compile",
-           f"'{cfg.speed.compile}' is not one of auto, on, off")
+    _check(cfg.speed.compile in ("auto", "always", "never"), "speed.compile",
+           f"'{cfg.speed.compile}' is not one of auto, always, never")
     zero_ok = {"replay.prefetch", "mae.warmup", "rssm.unimix", "wm.kl_free"}
     for section in ("mae", "wm", "ac", "replay", "rssm"):
         for key, value in cfg[section].items():
