@@ -19,9 +19,14 @@ from torch import nn
 from agents.base import Agent, Metrics
 from mwm.actor_critic import ActorCritic
 from mwm.optim import Optimizer
+from mwm.speed import CudaGraphCapture, GraphedStep, compile_modules, schedule_all, speed_settings
+from mwm.vit import Transformer
 from mwm.world_model import WorldModel, rssm_feat_dim
+from replay.prefetch import DeviceEpisodes, DeviceSampler
 
 OPEN_LOOP_CONTEXT = 5  # observed steps before the open-loop prediction (DreamerV2's figure)
+WM_KEYS = ("image", "action", "reward", "is_first", "is_terminal")  # what the world-model update reads
+COMPILED_TYPES = (Transformer,)  # the kernel-bound stacks worth fusing (speed.compile)
 
 
 def action_size(act_space) -> int:
@@ -34,7 +39,14 @@ class WorldModelAgent(Agent):
     Subclasses implement :meth:`build_observation_model` (the world model's encoder and
     decoder), :meth:`wm_inputs` (what the world model reads, from uint8 images) and may
     train a representation beside it in :meth:`representation_update`.
+
+    The update is written once, eagerly, over static shapes and without host
+    synchronisation: :meth:`world_model_step` then :meth:`actor_critic_step`; the
+    policy is :meth:`policy_step`. With ``speed.cuda_graph`` on CUDA each of them runs
+    as a captured CUDA graph (:class:`mwm.speed.GraphedStep`) computing the same thing.
     """
+
+    graph_capture = CudaGraphCapture  # the capture backend of the CUDA-graph path
 
     def __init__(self, cfg, obs_space, act_space, device: torch.device):
         super().__init__(cfg, obs_space, act_space, device)
@@ -56,13 +68,19 @@ class WorldModelAgent(Agent):
             horizon=ac.horizon, discount=ac.discount, lam=ac.lam, entropy=ac.entropy, actor_grad=ac.actor_grad,
             slow_critic_every=ac.slow_critic_every, return_norm=ac.return_norm, min_std=ac.min_std)
         self.to(device)
-        fused = cfg.speed.fused_optim and device.type == "cuda"
-        self.wm_opt = Optimizer("model", self.wm.parameters(), wm.lr, wm.eps, wm.clip, wm.wd, fused=fused)
+        self.speed = speed_settings(device, **cfg.speed)
+        fused, graphs = self.speed.fused_optim, self.speed.cuda_graph
+        self.wm_opt = Optimizer("model", self.wm.parameters(), wm.lr, wm.eps, wm.clip, wm.wd, fused=fused,
+                                capturable=graphs)
         self.actor_opt = Optimizer("actor", self.ac.actor.parameters(), ac.actor_lr, ac.eps, ac.clip, ac.wd,
-                                   fused=fused)
+                                   fused=fused, capturable=graphs)
         self.critic_opt = Optimizer("critic", self.ac.critic.parameters(), ac.critic_lr, ac.eps, ac.clip, ac.wd,
-                                    fused=fused)
+                                    fused=fused, capturable=graphs)
+        if self.speed.compile:
+            compile_modules(self, COMPILED_TYPES, self.speed.compile_backend)
         self._datasets: Dict[str, Iterator] = {}
+        self._device_episodes = DeviceEpisodes(device) if self.speed.replay_on_device else None
+        self._graphs: Dict[Any, GraphedStep] = {}
 
     # ------------------------------------------------------------ subclass hooks
 
@@ -90,23 +108,40 @@ class WorldModelAgent(Agent):
 
     def autocast(self):
         """bf16 autocast on CUDA when configured; a no-op on CPU."""
-        if self.device.type == "cuda" and self.cfg.speed.precision == "bf16":
+        if self.speed.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def batches(self, replay, name: str, batch: int, length: int) -> Dict[str, torch.Tensor]:
-        """The next (B, T) batch of the named stream, prefetched on a background thread."""
+        """The next (B, T) batch of the named stream: prefetched on a background thread, or
+        gathered on the GPU from episodes kept there (``speed.replay_on_device``)."""
         if name not in self._datasets:
-            self._datasets[name] = replay.dataset(
-                batch, length, prefetch=self.cfg.replay.prefetch, device=self.device,
-                pin_memory=self.cfg.speed.pin_memory and self.device.type == "cuda",
-                prioritize_ends=self.cfg.replay.prioritize_ends)
+            if self._device_episodes is not None:
+                self._datasets[name] = DeviceSampler(replay, self._device_episodes, batch, length,
+                                                     self.cfg.replay.prioritize_ends)
+            else:
+                self._datasets[name] = replay.dataset(
+                    batch, length, prefetch=self.cfg.replay.prefetch, device=self.device,
+                    pin_memory=self.speed.pin_memory, prioritize_ends=self.cfg.replay.prioritize_ends)
         return next(self._datasets[name])
 
     def close(self) -> None:
         for dataset in self._datasets.values():
             dataset.close()
         self._datasets = {}
+
+    def run_step(self, key: Any, fn, inputs: Any, optimizers: Tuple[Optimizer, ...] = ()) -> Any:
+        """``fn(inputs)``: eagerly, or as the CUDA graph ``key`` when ``speed.cuda_graph`` is on.
+
+        ``optimizers`` are those ``fn`` steps; their host-side schedules run before each
+        call, outside the graph (:meth:`mwm.optim.Optimizer.schedule`).
+        """
+        if not self.speed.cuda_graph:
+            return fn(inputs)
+        if key not in self._graphs:
+            self._graphs[key] = GraphedStep(fn, str(key), prepare=schedule_all(optimizers),
+                                            make_capture=self.graph_capture)
+        return self._graphs[key](inputs)
 
     @staticmethod
     def _step(opt: Optimizer, loss: torch.Tensor) -> Metrics:
@@ -123,29 +158,51 @@ class WorldModelAgent(Agent):
         if state is None:
             state = (self.wm.rssm.initial(n, self.device), torch.zeros(n, self.action_dim, device=self.device))
         latent, prev_action = state
-        with self.autocast():
-            embed = self.wm.encoder(self.wm_inputs(images[:, None]))[:, 0]  # (N, E)
-        post, _ = self.wm.rssm.obs_step(latent, prev_action, embed.float(), obs["is_first"])
-        action = self.ac.act(self.wm.feature(post), mode)  # (N, A)
+        inputs = {"image": images, "is_first": obs["is_first"], "latent": latent, "action": prev_action}
+        action, post = self.run_step(("policy", mode, n), lambda x: self.policy_step(x, mode), inputs)
         return action, (post, action)
+
+    @torch.no_grad()
+    def policy_step(self, inputs: Dict[str, Any], mode: str) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """One filtering step and an action: {image (N, H, W, C), is_first (N,), latent, action
+        (N, A) the previous one} -> (action (N, A), posterior state)."""
+        with self.autocast():
+            embed = self.wm.encoder(self.wm_inputs(inputs["image"][:, None]))[:, 0]  # (N, E)
+        post, _ = self.wm.rssm.obs_step(inputs["latent"], inputs["action"], embed.float(), inputs["is_first"])
+        action = self.ac.act(self.wm.feature(post), mode)  # (N, A)
+        return action, post
 
     def update(self, replay) -> Metrics:
         """One update: representation (if any), world model, then actor and critic."""
         metrics = dict(self.representation_update(replay))
         batch = self.batches(replay, "wm", self.cfg.replay.batch, self.cfg.replay.length)
+        batch = {key: batch[key] for key in WM_KEYS}
+        wm_metrics, post = self.run_step("world_model", self.world_model_step, batch, (self.wm_opt,))
+        metrics.update(wm_metrics)
+        ac_inputs = {"post": post, "is_terminal": batch["is_terminal"]}
+        metrics.update(self.run_step("actor_critic", self.actor_critic_step, ac_inputs,
+                                     (self.actor_opt, self.critic_opt)))
+        self.ac.update_slow_critic()
+        return metrics
+
+    def world_model_step(self, batch: Dict[str, torch.Tensor]) -> Tuple[Metrics, Dict[str, torch.Tensor]]:
+        """World-model update on a (B, T) batch -> (metrics, posterior states (B, T, ...))."""
         with self.autocast():
             inputs = self.wm_inputs(batch["image"])  # (B, T, ...)
             action = batch["action"].float()  # (B, T, A)
             wm_loss, post, wm_metrics = self.wm.loss(inputs, action, batch["reward"].float(),
                                                      batch["is_first"], batch["is_terminal"])
-        metrics.update({f"wm/{k}": v for k, v in wm_metrics.items()})
+        metrics = {f"wm/{k}": v for k, v in wm_metrics.items()}
         metrics.update(self._step(self.wm_opt, wm_loss))
+        return metrics, post
+
+    def actor_critic_step(self, inputs: Dict[str, Any]) -> Metrics:
+        """Actor and critic updates from {post: posterior states (B, T, ...), is_terminal (B, T)}."""
         with self.autocast():
-            actor_loss, critic_loss, ac_metrics = self.ac.loss(self.wm, post, batch["is_terminal"])
-        metrics.update({f"ac/{k}": v for k, v in ac_metrics.items()})
+            actor_loss, critic_loss, ac_metrics = self.ac.loss(self.wm, inputs["post"], inputs["is_terminal"])
+        metrics = {f"ac/{k}": v for k, v in ac_metrics.items()}
         metrics.update(self._step(self.actor_opt, actor_loss))
         metrics.update(self._step(self.critic_opt, critic_loss))
-        self.ac.update_slow_critic()
         return metrics
 
     @torch.no_grad()
@@ -181,4 +238,6 @@ class WorldModelAgent(Agent):
         result = super().load_state_dict(state["modules"], strict=strict)
         for name, opt in self.optimizers().items():
             opt.load_state_dict(state["optimizers"][name])
+        for graph in self._graphs.values():  # the optimizers' state tensors are new: capture again
+            graph.reset()
         return result
