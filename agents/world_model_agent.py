@@ -146,7 +146,7 @@ class WorldModelAgent(Agent):
     @staticmethod
     def _step(opt: Optimizer, loss: torch.Tensor) -> Metrics:
         metrics = opt.step(loss)
-        metrics[f"{opt.name}/nonfinite"] = (opt.nonfinite_in_row > 0).float()
+        metrics[f"{opt.name}/nonfinite"] = opt.nonfinite_in_row.float()
         return metrics
 
     # ------------------------------------------------------------ the agent interface

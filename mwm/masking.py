@@ -61,15 +61,22 @@ def num_kept(num_tokens: int, ratio: float) -> int:
     return kept
 
 
-def masking_from_mask(mask: torch.Tensor) -> Masking:
-    """Build a :class:`Masking` from a mask (N, L) (0 keep, 1 remove) with equal K per row."""
+def masking_from_mask(mask: torch.Tensor, kept: int | None = None) -> Masking:
+    """Build a :class:`Masking` from a mask (N, L) (0 keep, 1 remove) with equal K per row.
+
+    Callers that know K pass it as ``kept``: then nothing is read back to the host, so
+    the masking can run inside a CUDA graph. Without it, K is read from the mask and
+    every row is checked to keep the same number of tokens.
+    """
     mask = mask.float()
-    kept_per_row = (mask == 0).sum(dim=1)
-    if not torch.all(kept_per_row == kept_per_row[0]):
-        raise ValueError(f"every frame must keep the same number of tokens, got {kept_per_row.tolist()}")
+    if kept is None:
+        kept_per_row = (mask == 0).sum(dim=1)
+        if not torch.all(kept_per_row == kept_per_row[0]):
+            raise ValueError(f"every frame must keep the same number of tokens, got {kept_per_row.tolist()}")
+        kept = int(kept_per_row[0])
     ids_shuffle = torch.argsort(mask, dim=1, stable=True)  # (N, L): kept ascending, then removed ascending
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # (N, L)
-    ids_keep = ids_shuffle[:, : int(kept_per_row[0])]  # (N, K)
+    ids_keep = ids_shuffle[:, :kept]  # (N, K)
     return Masking(ids_keep, ids_restore, mask)
 
 
@@ -83,7 +90,7 @@ def _mask_from_scores(scores: torch.Tensor, kept: int) -> torch.Tensor:
 
 def keep_all(n: int, num_tokens: int, device: torch.device | str) -> Masking:
     """The identity masking: every token kept, in order (mask ratio 0)."""
-    return masking_from_mask(torch.zeros(n, num_tokens, device=device))
+    return masking_from_mask(torch.zeros(n, num_tokens, device=device), kept=num_tokens)
 
 
 def random_masking(
@@ -96,7 +103,7 @@ def random_masking(
     """MAE random masking, independent per frame: sort uniform noise, keep the K lowest."""
     kept = num_kept(num_tokens, ratio)
     noise = torch.rand(n, num_tokens, device=device, generator=generator)  # (N, L)
-    return masking_from_mask(_mask_from_scores(-noise, kept))
+    return masking_from_mask(_mask_from_scores(-noise, kept), kept)
 
 
 def tube_masking(
@@ -164,7 +171,7 @@ def block_masking(
     first_block = torch.where(covers, block_ids, float(blocks)).amin(dim=1)  # (N, L); M if uncovered
     # Removal priority: earlier rectangle first, random tie-break inside a rectangle.
     priority = first_block + torch.rand(n, num_tokens, device=device, generator=generator)  # (N, L)
-    return masking_from_mask(_mask_from_scores(priority, kept))
+    return masking_from_mask(_mask_from_scores(priority, kept), kept)
 
 
 def grid_ratios(num_tokens: int) -> list[float]:
@@ -205,7 +212,7 @@ def grid_masking(
     offset_c = torch.randint(cell_w, (n, 1), device=device, generator=generator)  # (N, 1)
     token = torch.arange(num_tokens, device=device)[None, :]  # (1, L)
     keep = ((token // side) % cell_h == offset_r) & ((token % side) % cell_w == offset_c)  # (N, L)
-    return masking_from_mask(1.0 - keep.float())
+    return masking_from_mask(1.0 - keep.float(), num_tokens // (cell_h * cell_w))
 
 
 def make_masking(

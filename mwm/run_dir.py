@@ -33,7 +33,8 @@ from mwm.runtime import resolve_device
 RESUMABLE_KEYS = (
     "run.steps", "run.device", "run.logdir", "run.envs", "run.parallel", "run.eval_every",
     "run.eval_episodes", "run.log_every", "run.report_every", "run.checkpoint_every",
-    "run.max_nonfinite", "replay.prefetch", "speed.precision", "speed.fused_optim", "speed.pin_memory",
+    "run.max_nonfinite", "replay.prefetch", "speed.precision", "speed.fused_optim", "speed.pin_memory", "speed.cuda_graph", "speed.compile",
+    "speed.compile_backend", "speed.replay_on_device",
 )
 
 LOCK_NAME = ".lock"

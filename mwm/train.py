@@ -102,7 +102,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
     from envs.vector import VectorEnv
     from mwm.collect import Collector, random_actions
     from mwm.logger import Logger, Progress
-    from mwm.nonfinite import NonFiniteGuard
+    from mwm.nonfinite import CUDA_READ_EVERY, NonFiniteGuard
     from replay import Replay
 
     cfg, r = run.cfg, run.cfg.run
@@ -116,7 +116,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
     counters = run.restore(agent)
     logger = Logger(run.path)
     collector = Collector(env, replay, agent, logger, episodes=counters["episodes"])
-    guard = NonFiniteGuard(r.max_nonfinite)
+    guard = NonFiniteGuard(r.max_nonfinite, read_every=CUDA_READ_EVERY if device.type == "cuda" else 1)
     rng = np.random.default_rng(r.seed + counters["step"])
 
     should = {name: Every(every, counters["step"]) for name, every in (

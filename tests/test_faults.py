@@ -320,14 +320,31 @@ def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path, monkeypatch, 
     assert hashlib.sha256(checkpoint_files(logdir)[10].read_bytes()).hexdigest() == checkpoint_10
 
 
+def streak(n: int) -> dict:
+    """Metrics of an update after ``n`` skipped updates in a row (the optimiser's streak)."""
+    return {"mae/nonfinite": torch.tensor(float(n)), "model/nonfinite": torch.tensor(0.0)}
+
+
 def test_nonfinite_guard_counts_in_a_row():
     guard = NonFiniteGuard(limit=2)
-    bad, good = {"mae/nonfinite": torch.tensor(1.0)}, {"mae/nonfinite": torch.tensor(0.0)}
+    bad = streak(1)
     assert guard.check(bad, 1) is bad and guard.total == 1
-    guard.check(good, 2)
-    guard.check(bad, 3)
+    guard.check(streak(0), 2)
+    guard.check(streak(1), 3)
     with pytest.raises(UserError, match="2 non-finite updates in a row"):
-        guard.check(bad, 4)
+        guard.check(streak(2), 4)
+
+
+def test_nonfinite_guard_reading_every_n_updates_misses_no_streak():
+    guard = NonFiniteGuard(limit=3, read_every=4)  # as on CUDA: one host read per 4 updates
+    for n in (0, 1, 2):  # three updates between reads: nothing read
+        guard.check(streak(n), n)
+    with pytest.raises(UserError, match="3 non-finite updates in a row"):
+        guard.check(streak(3), 3)  # the 4th update is read: the streak reached the limit
+    guard = NonFiniteGuard(limit=3, read_every=4)
+    for n in (1, 0, 0, 0):  # a single skip between reads, since recovered
+        guard.check(streak(n), n)
+    assert guard.in_row == 0
 
 
 def test_a_checkpoint_is_never_written_with_nonfinite_weights(tmp_path):

@@ -390,9 +390,6 @@ def test_dreamerv2_update_and_policy_make_no_host_sync(act_space):
     losses_and_policy_on_meta("dreamerv2", act_space)
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=True,
-                   reason="mwm/masking.py masking_from_mask reads the kept count on the host (keep_all, used by "
-                          "the MAE's features); until it takes K from its caller the MWM steps run eagerly on CUDA")
 def test_mwm_update_and_policy_make_no_host_sync():
     losses_and_policy_on_meta("mwm", DISCRETE)
 

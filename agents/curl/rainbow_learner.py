@@ -105,7 +105,7 @@ class RainbowLearner(nn.Module):
                 "rl/return_mean": batch["reward"].mean(),
                 "curl/contrastive_loss": contrastive.detach(),
                 "curl/accuracy": (logits.argmax(1) == torch.arange(len(logits), device=logits.device)).float().mean(),
-                "rainbow/nonfinite": (self.optimizer.nonfinite_in_row > 0).float(),
+                "rainbow/nonfinite": self.optimizer.nonfinite_in_row.float(),
             })
         return metrics, per_sample.detach()
 

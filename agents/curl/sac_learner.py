@@ -104,7 +104,7 @@ class SacLearner(nn.Module):
         metrics = self.critic_opt.step(loss)
         metrics.update({"rl/loss": loss.detach(), "rl/q_mean": torch.min(q1, q2).mean().detach(),
                         "rl/target_mean": target.mean(),
-                        "critic/nonfinite": (self.critic_opt.nonfinite_in_row > 0).float()})
+                        "critic/nonfinite": self.critic_opt.nonfinite_in_row.float()})
         return metrics, per_sample.detach()
 
     def _update_actor_and_alpha(self, anchor) -> Dict[str, torch.Tensor]:
@@ -114,8 +114,8 @@ class SacLearner(nn.Module):
         alpha_loss = sac_temperature_loss(self.log_alpha, log_pi.detach(), self.target_entropy).mean()
         metrics.update(self.alpha_opt.step(alpha_loss))
         metrics.update({"rl/entropy": -log_pi.mean().detach(), "rl/alpha": self.alpha.detach(),
-                        "actor/nonfinite": (self.actor_opt.nonfinite_in_row > 0).float(),
-                        "alpha/nonfinite": (self.alpha_opt.nonfinite_in_row > 0).float()})
+                        "actor/nonfinite": self.actor_opt.nonfinite_in_row.float(),
+                        "alpha/nonfinite": self.alpha_opt.nonfinite_in_row.float()})
         return metrics
 
     def _update_targets(self) -> None:
@@ -133,7 +133,7 @@ class SacLearner(nn.Module):
         labels = torch.arange(len(logits), device=logits.device)
         metrics.update({"curl/contrastive_loss": loss.detach(),
                         "curl/accuracy": (logits.argmax(1) == labels).float().mean(),
-                        "curl/nonfinite": (self.curl_opt.nonfinite_in_row > 0).float()})
+                        "curl/nonfinite": self.curl_opt.nonfinite_in_row.float()})
         return metrics
 
     def update(self, batch: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
