@@ -34,15 +34,22 @@ def checkpoint_steps(logdir: Path) -> list:
     return sorted(int(p.stem.split("-")[1]) for p in (logdir / "checkpoints").glob("checkpoint-*.pt"))
 
 
-def check_run_outputs(logdir: Path, steps: int) -> None:
+# Metrics every agent logs, and the prefixes of each agent's own losses.
+CORE_METRICS = {"speed/env_steps_per_s", "speed/updates_per_s", "train/return"}
+LOSS_PREFIXES = {"mwm": ("mae/", "wm/", "ac/"), "dreamerv2": ("wm/", "ac/"), "siammae": ("siammae/", "wm/", "ac/"),
+                 "curl": ("curl/", "rl/")}
+
+
+def check_run_outputs(logdir: Path, steps: int, agent: str = "mwm") -> None:
     assert (logdir / "config.yaml").exists()
     assert list(logdir.glob("events.out.tfevents.*")), "no TensorBoard events"
     assert checkpoint_steps(logdir)[-1] == steps
     assert list((logdir / "replay").glob("*.npz")), "no episodes saved"
     rows = metrics(logdir)
     keys = set().union(*rows)
-    assert any(k.startswith("wm/") for k in keys) and any(k.startswith("ac/") for k in keys), sorted(keys)
-    assert "speed/env_steps_per_s" in keys
+    assert CORE_METRICS <= keys, sorted(CORE_METRICS - keys)
+    for prefix in LOSS_PREFIXES[agent]:
+        assert any(k.startswith(prefix) for k in keys), (prefix, sorted(keys))
 
 
 def test_toy_catch_trains_and_resumes_exactly(tmp_path):
@@ -81,7 +88,18 @@ def test_other_suites_train(tmp_path, env):
     check_run_outputs(logdir, 120)
 
 
-def test_dreamerv2_agent_trains(tmp_path):
-    logdir = tmp_path / "dv2"
-    train(logdir, "toy_catch", 120, agent="dreamerv2")
-    check_run_outputs(logdir, 120)
+@pytest.mark.parametrize("agent", ["dreamerv2", "curl", "siammae"])
+def test_baseline_trains_and_resumes_on_toy_catch(tmp_path, agent):
+    logdir = tmp_path / agent
+    train(logdir, "toy_catch", 90, agent=agent)
+    check_run_outputs(logdir, 90, agent)
+    out = train(logdir, "toy_catch", 150, agent=agent)
+    assert "resuming from" in out.stdout and "at step 90" in out.stdout
+    assert checkpoint_steps(logdir)[-1] == 150 and metrics(logdir)[-1]["step"] == 150
+
+
+@pytest.mark.parametrize("agent", ["dreamerv2", "curl", "siammae"])
+def test_baseline_trains_on_atari(tmp_path, agent):
+    logdir = tmp_path / agent
+    train(logdir, "atari_pong", 90, agent=agent)
+    check_run_outputs(logdir, 90, agent)
