@@ -99,13 +99,13 @@ PROBE_ROWS = [
     ("probe-device", ["--device", "cuda:7"], ["cuda:7"]),
     ("probe-logdir-file", ["--logdir", "{file}"], ["is a file"]),
 ]
-# Refused, but only after mwm.probe wrote config.yaml into the logdir (reported; remove the
-# mark once mwm/probe.py checks the env and its sources before writing).
-PROBE_WRITES_FIRST = pytest.mark.xfail(reason="mwm.probe writes config.yaml before these checks", strict=False)
+# Refused after the frames' source is opened (the env is built, the replay read), still
+# before anything is written.
 PROBE_LATE_ROWS = [
     ("probe-env", ["--env", "toy_catx"], ["toy_catx", "did you mean"]),
     ("probe-replay-missing", ["--probe.replay", "{new}-frames"], ["probe.replay", "no episode files"]),
     ("probe-policy-not-a-run", ["--probe.policy", "{file}"], ["probe.policy"]),
+    ("probe-into-a-training-run", ["--logdir", "{run}"], ["holds a training run", "--probe.replay"]),
 ]
 
 
@@ -187,9 +187,8 @@ def test_train_refuses_a_read_only_logdir(places, tmp_path, capsys, no_training)
         parent.chmod(0o700)
 
 
-@pytest.mark.parametrize("flags,needles", [row[1:] for row in PROBE_ROWS] + [
-    pytest.param(*row[1:], marks=PROBE_WRITES_FIRST) for row in PROBE_LATE_ROWS],
-    ids=[row[0] for row in PROBE_ROWS + PROBE_LATE_ROWS])
+@pytest.mark.parametrize("flags,needles", [row[1:] for row in PROBE_ROWS + PROBE_LATE_ROWS],
+                         ids=[row[0] for row in PROBE_ROWS + PROBE_LATE_ROWS])
 def test_probe_refuses(flags, needles, places, tmp_path, capsys):
     new = tmp_path / "new"
     argv = ["--env", "toy_catch", "--preset", "tiny", "--logdir", str(new)] + fill(flags, places, new)
