@@ -105,7 +105,7 @@ def machine() -> Dict[str, object]:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    except OSError:
+    except OSError:  # no /proc (not Linux): the platform's processor name stays
         pass
     info: Dict[str, object] = {
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
