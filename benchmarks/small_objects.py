@@ -38,13 +38,13 @@ from mwm.probes.methods import METHODS  # noqa: E402
 from mwm.probes.suite import Setting, datasets  # noqa: E402
 
 SETTINGS: Dict[str, Setting] = {
-    # 2 CPU cores, under an hour: tiny networks, 1000 updates, 2 seeds, ~500 frames per
+    # 2 CPU cores, under an hour: tiny networks, 1000 updates, 2 seeds, ~1200 frames per
     # data set; the mask-ratio sweep for MWM on toy_catch at 4 px only.
     "cpu": Setting(
         preset="tiny",
-        overrides=("probe.updates=1000", "probe.seeds=2", "probe.train_episodes=6", "probe.eval_episodes=2",
-                   "probe.episode_steps=100", "env.time_limit=0", "probe.eval_frames=200",
-                   "probe.probe_frames=600", "probe.log_every=100"),
+        overrides=("probe.updates=1000", "probe.seeds=2", "probe.train_episodes=8", "probe.eval_episodes=4",
+                   "probe.episode_steps=100", "env.time_limit=0", "probe.eval_frames=300",
+                   "probe.probe_frames=800", "probe.log_every=100"),
         sizes=(1, 2, 4, 8, 16),
         games=("pong", "breakout", "boxing"),
         sweep_methods=("mwm",),
@@ -68,7 +68,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--logdir", help="output folder (default runs/small_objects-<setting>)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--workers", type=int,
-                        help="data sets run in parallel processes (default: 2 on a CPU, 1 on a GPU; 0: in this process)")
+                        help="parallel data sets (default: 2 on a CPU, 1 on a GPU; 0: all in this process)")
     parser.add_argument("--sizes", type=int, nargs="*", help="toy_catch object sizes (pixels, 1..16); none: skip")
     parser.add_argument("--games", nargs="*", help="Atari games, e.g. pong breakout boxing; none: skip")
     parser.add_argument("--methods", nargs="+", help=f"subset of {' '.join(METHODS)}")

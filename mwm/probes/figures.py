@@ -126,6 +126,29 @@ def plot_bars(summary: Sequence[Mapping], metrics: Sequence[str], label_key: str
     _save_figure(fig, path)
 
 
+def plot_grouped(summary: Sequence[Mapping], metric: str, group_key: str, bar_key: str, path: str,
+                 title: str) -> None:
+    """Grouped bars: one group per ``group_key`` value (in order of appearance), one
+    coloured bar per ``bar_key`` value inside it, with confidence intervals."""
+    plt = _pyplot()
+    groups = list(dict.fromkeys(str(r[group_key]) for r in summary))
+    bars = list(dict.fromkeys(str(r[bar_key]) for r in summary))
+    width = 0.8 / max(len(bars), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups)), 3.8))
+    for b, name in enumerate(bars):
+        rows = {str(r[group_key]): r for r in summary if str(r[bar_key]) == name}
+        xs = [g + (b - (len(bars) - 1) / 2) * width for g, group in enumerate(groups) if group in rows]
+        chosen = [rows[group] for group in groups if group in rows]
+        means = [r.get(f"{metric}_mean", math.nan) for r in chosen]
+        errors = np.array([_error(r, metric) for r in chosen]).T.reshape(2, -1)
+        ax.bar(xs, np.nan_to_num(means), width, yerr=errors, capsize=2, label=name)
+    ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=min(len(bars), 4))
+    _save_figure(fig, path)
+
+
 def plot_lines(summary: Sequence[Mapping], metric: str, x_key: str, group_key: str, path: str, title: str,
                log_x: bool = False) -> None:
     """``metric`` against ``x_key``, one line (with its interval band) per ``group_key``."""
@@ -140,6 +163,8 @@ def plot_lines(summary: Sequence[Mapping], metric: str, x_key: str, group_key: s
             continue
         xs = [float(r[x_key]) for r in rows]
         means = np.array([r.get(f"{metric}_mean", math.nan) for r in rows], np.float64)
+        if not np.isfinite(means).any():
+            continue  # e.g. reconstruction metrics of a method without a decoder
         lows = np.array([r.get(f"{metric}_ci_low", math.nan) for r in rows], np.float64)
         highs = np.array([r.get(f"{metric}_ci_high", math.nan) for r in rows], np.float64)
         line, = ax.plot(xs, means, marker="o", label=name)

@@ -3,9 +3,13 @@
 A probe is a linear map from a frame's frozen features to one state variable, fitted
 on the training episodes and scored on held-out episodes. Two kinds, by variable:
 
-- ``position`` (coordinates): ridge regression, scored by R^2 = 1 - SS_res / SS_tot on
-  the held-out frames. Positions are ordered quantities, so regression uses that order
-  where AtariARI's 256-way classification would not.
+- ``position`` (coordinates): ridge regression, scored on the held-out frames by
+  R^2 = 1 - sum (y - pred)^2 / sum (y - mean_train)^2: 1 is perfect and 0 is the trivial
+  probe that always predicts the training mean (out-of-sample R^2; the usual
+  denominator around the held-out mean would rate even that trivial probe far below 0
+  when a few held-out episodes sit away from the training mean). Positions are ordered
+  quantities, so regression uses that order where AtariARI's 256-way classification
+  would not.
 - ``categorical`` (scores, clocks, counters): multinomial logistic regression over the
   values seen in training (AtariARI's classification probe), scored by the
   support-weighted F1 over the held-out values (a value never seen in training counts
@@ -55,9 +59,12 @@ def standardise(train: torch.Tensor, *others: torch.Tensor) -> Tuple[torch.Tenso
     return (train, *(torch.maximum(torch.minimum((x - mean) * scale, high), low) for x in others))
 
 
-def r2_score(target: np.ndarray, pred: np.ndarray) -> float:
-    """Coefficient of determination; NaN when the target is constant."""
-    total = float(((target - target.mean()) ** 2).sum())
+def r2_score(target: np.ndarray, pred: np.ndarray, reference: float | None = None) -> float:
+    """1 - sum (target - pred)^2 / sum (target - reference)^2, with ``reference`` the
+    constant baseline (default: the target's own mean, the classic R^2); NaN when the
+    baseline is exact."""
+    baseline = target.mean() if reference is None else reference
+    total = float(((target - baseline) ** 2).sum())
     if total == 0.0:
         return math.nan
     return 1.0 - float(((target - pred) ** 2).sum()) / total
@@ -154,7 +161,7 @@ def ridge_probe(train_x: torch.Tensor, train_y: np.ndarray, train_episode: np.nd
     full = _cached(solvers, key + b"/all", lambda: RidgeSolver(x))
     (w, b), = full.solve(y, [best])
     pred = (test_x.double() @ w + b).cpu().numpy()
-    return r2_score(test_y.astype(np.float64), pred)
+    return r2_score(test_y.astype(np.float64), pred, reference=float(train_y.mean()))
 
 
 def _cached(solvers: Dict[bytes, RidgeSolver], key: bytes, make) -> RidgeSolver:

@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
-from mwm.probes.figures import plot_bars, plot_lines
+from mwm.probes.figures import plot_bars, plot_grouped, plot_lines
+from mwm.probes.methods import METHODS
 from mwm.probes.tables import HEADLINE, aggregate, markdown_table, write_csv, write_markdown
 
 PLOTTED = ("frame_mse", "box_mse", "visible", "object_r2", "probe_r2")
@@ -40,9 +41,10 @@ def write_benchmark_report(logdir: Path, rows: Sequence[Mapping], confidence: fl
 
     figures/<metric>-vs-size.png: toy_catch's object size sweep, one line per method
     at its default mask ratio. figures/<metric>-vs-ratio.png: the mask-ratio sweep,
-    one line per (data set, method) run at several ratios. figures/<metric>-by-env.png: every env and method.
+    one line per (data set, method) run at several ratios. figures/<metric>-by-env.png:
+    grouped bars of every data set and method at the default ratios.
     """
-    summary = aggregate(rows, confidence)
+    summary = sorted(aggregate(rows, confidence), key=experiment_order)
     write_csv(str(logdir / "results.csv"), rows)
     write_csv(str(logdir / "summary.csv"), summary)
     write_markdown(str(logdir / "summary.md"), summary, title, NOTES + ("\n\n" + notes if notes else ""))
@@ -56,9 +58,20 @@ def write_benchmark_report(logdir: Path, rows: Sequence[Mapping], confidence: fl
         if ratios:
             plot_lines(ratios, metric, "mask_ratio", "line", str(figures / f"{metric}-vs-ratio.png"),
                        f"{metric} against mask ratio")
-        labelled = [dict(r, label=f"{r['env']} {r['method']}") for r in summary]
-        plot_bars(labelled, [metric], "label", str(figures / f"{metric}-by-env.png"), metric)
+        defaults = [dict(r, data=r.get("dataset") or r["env"]) for r in summary if r.get("default_ratio") is not False]
+        plot_grouped(defaults, metric, "data", "method", str(figures / f"{metric}-by-env.png"),
+                     f"{metric} by data set and method")
     return summary
+
+
+def experiment_order(row: Mapping) -> tuple:
+    """Sort key of summary rows: Atari games, then toy_catch by object size; methods in
+    :data:`mwm.probes.methods.METHODS` order; then mask ratio."""
+    size = row.get("object_size")
+    ratio = row.get("mask_ratio")
+    return (row["env"].startswith("toy"), row["env"], -1.0 if _isnan(size) or size is None else float(size),
+            METHODS.index(row["method"]) if row["method"] in METHODS else len(METHODS),
+            -1.0 if _isnan(ratio) or ratio is None else float(ratio))
 
 
 def swept(summary: Sequence[Mapping]) -> List[Dict]:
