@@ -36,16 +36,18 @@ def test_cpu_plan_sweeps_sizes_games_methods_and_ratios():
 def test_smoke_run_writes_one_report(tmp_path):
     logdir = tmp_path / "bench"
     code = small_objects.main([
-        "--logdir", str(logdir), "--workers", "0", "--sizes", "2", "8", "--games", "--methods", "mwm",
+        "--logdir", str(logdir), "--workers", "0", "--sizes", "4", "8", "--games", "--methods", "mwm",
         "--ratios", "0.5", "--probe.updates", "2", "--probe.seeds", "1", "--probe.train_episodes", "2",
         "--probe.eval_episodes", "1", "--probe.episode_steps", "25", "--probe.eval_frames", "16",
         "--probe.probe_frames", "32", "--probe.figure_frames", "2", "--mae.batch", "2", "--mae.length", "4"])
     assert code == 0
     with open(logdir / "summary.csv") as f:
         summary = list(csv.DictReader(f))
-    seen = {(r["dataset"], r["method"], r["mask_ratio"]) for r in summary}
-    assert seen == {("toy_catch-s2", "mwm", "0.75"), ("toy_catch-s8", "mwm", "0.75")}  # sweep only on toy_catch-s4
-    assert [float(r["object_size"]) for r in summary] == [2.0, 8.0]
+    seen = {(r["dataset"], r["method"], r["mask_ratio"], r["default_ratio"]) for r in summary}
+    assert seen == {("toy_catch-s4", "mwm", "0.75", "True"), ("toy_catch-s4", "mwm", "0.5", "False"),
+                    ("toy_catch-s8", "mwm", "0.75", "True")}  # the CPU sweep runs on toy_catch-s4 only
+    assert [float(r["object_size"]) for r in summary] == [4.0, 4.0, 8.0]  # sorted by size, then ratio
+    assert (logdir / "figures" / "frame_mse-vs-ratio.png").exists()
     assert (logdir / "figures" / "frame_mse-vs-size.png").exists()
     assert (logdir / "figures" / "object_r2-by-env.png").exists()
     assert "| toy_catch | mwm | random 0.75 | 8 | 1 |" in (logdir / "summary.md").read_text()

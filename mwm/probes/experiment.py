@@ -28,7 +28,7 @@ from mwm.errors import UserError
 from mwm.probes.annotations import labels_for, object_size
 from mwm.probes.frames import FrameSet, from_episodes, sample_windows, split_episodes, spread
 from mwm.probes.linear import run_probes
-from mwm.probes.methods import MASKED_METHODS, ProbeMethod, make_method
+from mwm.probes.methods import MASKED_METHODS, ProbeMethod, make_method, mask_ratio_of
 from mwm.probes.metrics import reconstruction_metrics
 
 CHUNK = 256  # frames per forward pass when scoring
@@ -250,7 +250,7 @@ def run_seed(cfg, seed: int, train: FrameSet, test: FrameSet, device: torch.devi
 
     p, name = cfg.probe, cfg.probe.method
     masked = name in MASKED_METHODS
-    ratio = cfg.siammae.mask_ratio if name == "siammae" else cfg.mae.mask_ratio
+    ratio = mask_ratio_of(cfg, name)
     seed_everything(seed)
     rng, generator = np.random.default_rng(seed), torch.Generator(device).manual_seed(seed)
     method, optimiser = make_method(name, cfg, train.images.shape[1:], device)

@@ -59,6 +59,12 @@ def method_agent(method: str) -> str:
     return {"dreamerv2": "dreamerv2", "curl": "curl", "siammae": "siammae"}.get(method, "mwm")
 
 
+def mask_ratio_of(cfg, method: str) -> float:
+    """The mask ratio ``method`` trains with: ``siammae.mask_ratio`` (its future frame) for
+    SiamMAE, ``mae.mask_ratio`` for the others (unused by those without masking)."""
+    return cfg.siammae.mask_ratio if method == "siammae" else cfg.mae.mask_ratio
+
+
 def check_method(method: str) -> None:
     if method not in METHODS:
         raise UserError(f"unknown probe method '{method}'; choose one of {', '.join(METHODS)}")

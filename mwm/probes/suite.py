@@ -73,7 +73,7 @@ def run_dataset(data: Dataset, setting: Setting, overrides: Sequence[str], logdi
 
     from mwm import config as config_lib
     from mwm.probes.experiment import load_frames, run_probe
-    from mwm.probes.methods import method_agent
+    from mwm.probes.methods import mask_ratio_of, method_agent
     from mwm.runtime import resolve_device
 
     if threads > 0:
@@ -84,9 +84,11 @@ def run_dataset(data: Dataset, setting: Setting, overrides: Sequence[str], logdi
     rows: List[Dict] = []
     done = set()
     for method, ratio in runs_of(data, setting):
-        cfg = config_lib.build(data.env, method_agent(method), setting.preset,
-                               base + [f"probe.method={method}"] + ratio_overrides(method, ratio))
-        default = cfg.siammae.mask_ratio if method == "siammae" else cfg.mae.mask_ratio
+        cfg = config_lib.build(data.env, method_agent(method), setting.preset, base + [f"probe.method={method}"])
+        default = mask_ratio_of(cfg, method)
+        if ratio is not None:
+            cfg = config_lib.build(data.env, method_agent(method), setting.preset,
+                                   base + [f"probe.method={method}"] + ratio_overrides(method, ratio))
         if (method, default if ratio is None else ratio) in done:  # the sweep's default ratio ran already
             continue
         done.add((method, default if ratio is None else ratio))
