@@ -46,8 +46,12 @@ def build_mae(cfg, image_shape) -> MaskedAutoencoder:
 class MWMAgent(WorldModelAgent):
     """Masked World Models: see the module docstring and agents/mwm/README.md."""
 
+    def build_autoencoder(self, cfg, image_shape) -> MaskedAutoencoder:
+        """The representation the world model reads (SiamMAE overrides this alone)."""
+        return build_mae(cfg, image_shape)
+
     def build_observation_model(self, cfg, image_shape, feat_dim):
-        self.mae = build_mae(cfg, image_shape)
+        self.mae = self.build_autoencoder(cfg, image_shape)
         tokens = self.mae.num_tokens + 1  # cls + L
         w = cfg.wm
         encoder = FlatViTEncoder(cfg.mae.width, tokens, w.flat_width, w.flat_depth, w.flat_heads)

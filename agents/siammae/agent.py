@@ -23,7 +23,6 @@ from agents.mwm.agent import MWMAgent, mae_kwargs
 from agents.world_model_agent import WorldModelAgent
 from mwm.masking import Masking
 from mwm.siammae import SiameseMaskedAutoencoder, check_gaps, frame_pairs
-from mwm.world_model import FlatViTEncoder, TokenDecoder
 
 FIGURE_PAIRS = 8  # pairs in the past | future | masked | reconstruction | pasted figure
 FIGURE_ROWS = ("past", "future", "masked", "reconstruction", "pasted")
@@ -46,14 +45,9 @@ class SiamMAEAgent(MWMAgent):
     optimiser ``mae`` and the world-model wiring are MWM's).
     """
 
-    def build_observation_model(self, cfg, image_shape, feat_dim):
+    def build_autoencoder(self, cfg, image_shape) -> SiameseMaskedAutoencoder:
         check_gaps(cfg.siammae.gap_min, cfg.siammae.gap_max)
-        self.mae = build_siammae(cfg, image_shape)
-        tokens = self.mae.num_tokens + 1  # cls + L
-        w = cfg.wm
-        encoder = FlatViTEncoder(cfg.mae.width, tokens, w.flat_width, w.flat_depth, w.flat_heads)
-        decoder = TokenDecoder(feat_dim, cfg.mae.width, tokens, w.dec_width, w.dec_depth, w.dec_heads)
-        return encoder, decoder, w.flat_width
+        return build_siammae(cfg, image_shape)
 
     def masking(self, batch: int, length: int) -> Masking:
         """Future-frame masking for ``batch * length`` frames at ``siammae.mask_ratio``."""
