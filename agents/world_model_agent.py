@@ -89,9 +89,10 @@ class WorldModelAgent(Agent):
         """(encoder, decoder, embed_dim) of the world model."""
 
     @abc.abstractmethod
-    def wm_inputs(self, images: torch.Tensor) -> torch.Tensor:
+    def wm_inputs(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         """uint8 images (B, T, H, W, C) -> world-model inputs (B, T, ...), no gradient to any
-        representation trained elsewhere."""
+        representation trained elsewhere. ``train`` is set for the world-model update's
+        batch (where running input statistics may be updated), not for acting or reports."""
 
     def representation_update(self, replay) -> Metrics:
         """Train a representation beside the world model (none by default)."""
@@ -188,7 +189,7 @@ class WorldModelAgent(Agent):
     def world_model_step(self, batch: Dict[str, torch.Tensor]) -> Tuple[Metrics, Dict[str, torch.Tensor]]:
         """World-model update on a (B, T) batch -> (metrics, posterior states (B, T, ...))."""
         with self.autocast():
-            inputs = self.wm_inputs(batch["image"])  # (B, T, ...)
+            inputs = self.wm_inputs(batch["image"], train=True)  # (B, T, ...)
             action = batch["action"].float()  # (B, T, A)
             wm_loss, post, wm_metrics = self.wm.loss(inputs, action, batch["reward"].float(),
                                                      batch["is_first"], batch["is_terminal"])

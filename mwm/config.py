@@ -143,6 +143,8 @@ class WorldModelConfig:
     recon_scale: float = MISSING
     reward_scale: float = MISSING
     discount_scale: float = MISSING
+    token_norm: bool = MISSING  # MWM: standardise the tokens the world model reads (mwm/token_norm.py)
+    token_norm_decay: float = MISSING
     lr: float = MISSING
     eps: float = MISSING
     clip: float = MISSING
@@ -466,6 +468,7 @@ def validate(cfg: DictConfig) -> None:
                 _check(value >= 0, name, f"must be >= 0, got {value}")
             else:
                 _check(value > 0, name, f"must be positive, got {value}")
+    _check(cfg.wm.token_norm_decay < 1, "wm.token_norm_decay", f"must be in (0, 1), got {cfg.wm.token_norm_decay}")
     _check(cfg.ac.lam <= 1 and cfg.ac.discount <= 1, "ac.lam" if cfg.ac.lam > 1 else "ac.discount",
            "must be at most 1")
 

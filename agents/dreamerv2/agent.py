@@ -27,7 +27,7 @@ class DreamerV2Agent(WorldModelAgent):
         decoder = ConvDecoder(feat_dim, channels, cfg.wm.cnn_depth)
         return encoder, decoder, encoder.out_dim
 
-    def wm_inputs(self, images: torch.Tensor) -> torch.Tensor:
+    def wm_inputs(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         return to_unit_range(images)  # (B, T, C, H, W)
 
     def inputs_to_images(self, inputs: torch.Tensor) -> torch.Tensor:

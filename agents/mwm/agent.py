@@ -23,6 +23,7 @@ from mwm.mae import MaskedAutoencoder
 from mwm.masking import make_masking
 from mwm.optim import Optimizer
 from mwm.stem import deprocess
+from mwm.token_norm import TokenStandardizer
 from mwm.world_model import FlatViTEncoder, TokenDecoder
 
 FIGURE_FRAMES = 8  # frames in the input | masked | reconstruction figure
@@ -56,6 +57,7 @@ class MWMAgent(WorldModelAgent):
         w = cfg.wm
         encoder = FlatViTEncoder(cfg.mae.width, tokens, w.flat_width, w.flat_depth, w.flat_heads)
         decoder = TokenDecoder(feat_dim, cfg.mae.width, tokens, w.dec_width, w.dec_depth, w.dec_heads)
+        self.token_norm = TokenStandardizer(tokens, cfg.mae.width, w.token_norm_decay) if w.token_norm else None
         return encoder, decoder, w.flat_width
 
     def __init__(self, cfg, obs_space, act_space, device):
@@ -68,9 +70,13 @@ class MWMAgent(WorldModelAgent):
         return {**super().optimizers(), "mae": self.mae_opt}
 
     @torch.no_grad()
-    def wm_inputs(self, images: torch.Tensor) -> torch.Tensor:
+    def wm_inputs(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         lead = images.shape[:2]
         tokens = self.mae.features(images.flatten(0, 1))  # (B*T, 1+L, D)
+        if self.token_norm is not None:
+            if train:
+                self.token_norm.update(tokens)
+            tokens = self.token_norm(tokens)
         return tokens.reshape(*lead, *tokens.shape[1:])  # (B, T, 1+L, D)
 
     def masking(self, batch: int, length: int):
@@ -97,6 +103,8 @@ class MWMAgent(WorldModelAgent):
     def inputs_to_images(self, tokens: torch.Tensor) -> torch.Tensor:
         """Predicted tokens (B, T, 1+L, D) -> pixels through the autoencoder's decoder."""
         lead = tokens.shape[:2]
+        if self.token_norm is not None:
+            tokens = self.token_norm.inverse(tokens)
         flat = tokens.flatten(0, 1)  # (B*T, 1+L, D)
         masking = make_masking("random", flat.shape[0], 1, self.mae.num_tokens, 0.0, self.device)
         pixels, _ = self.mae.decode(flat, masking)  # (B*T, L, P)
