@@ -137,8 +137,10 @@ class Progress:
         redraw_s: float = 0.2,
         line_every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        unit: str = "steps",
     ):
         self.total = total
+        self.unit = unit
         self.keys = tuple(keys)
         self._stream = stream or sys.stdout
         self._tty = _isatty(self._stream)
@@ -178,7 +180,7 @@ class Progress:
         eta = (self.total - self._step) / rate if rate > 0 else math.inf
         parts = [
             f"[{bar}] {self._step}/{self.total} {100 * fraction:.0f}%",
-            f"{rate:.1f} steps/s",
+            f"{rate:.1f} {self.unit}/s",
             f"ETA {format_duration(eta)}",
         ]
         parts += [f"{k} {_format_number(self._metrics[k])}" for k in self.keys if k in self._metrics]

@@ -161,13 +161,17 @@ def train(run: RunDir, stop: StopFlag) -> int:
             # stops it and a resume continues it), then scheduled updates.
             if counters["step"] >= r.prefill and replay.num_episodes > 0:
                 if not counters["pretrained"]:
-                    if counters["pretrain_updates"] == 0:
-                        print(f"pre-training: {r.pretrain} updates on {replay.num_steps} replay steps")
+                    print(f"\npre-training: {r.pretrain - counters['pretrain_updates']} of {r.pretrain} updates "
+                          f"on {replay.num_steps} replay steps")
+                    bar = Progress(total=r.pretrain, keys=("loss",), unit="updates")
                     while counters["pretrain_updates"] < r.pretrain and stop.signal is None:
                         metrics = guard.check(agent.pretrain(replay, 1), counters["step"])
                         maybe_kill("update", counters["updates"])
                         counters["updates"] += 1
                         counters["pretrain_updates"] += 1
+                        loss = next((v for k, v in metrics.items() if k.endswith("/loss")), None)  # mae/loss
+                        bar.update(counters["pretrain_updates"], **({} if loss is None else {"loss": float(loss)}))
+                    bar.close()
                     counters["pretrained"] = counters["pretrain_updates"] >= r.pretrain
                 if counters["pretrained"] and should["train"](counters["step"]):
                     for _ in range(r.train_steps):

@@ -101,6 +101,16 @@ def test_progress_redraws_in_place_on_a_terminal():
     assert "100/200 50%" in line and "10.0 steps/s" in line and "ETA 0:00:10" in line
 
 
+def test_progress_names_its_unit():
+    now = {"t": 0.0}
+    progress = Progress(1000, keys=("loss",), stream=io.StringIO(), unit="updates", clock=lambda: now["t"])
+    progress.update(0)
+    now["t"] = 4.0
+    progress.update(100, loss=0.5)
+    line = progress.render()
+    assert "100/1000 10%" in line and "25.0 updates/s" in line and "ETA 0:00:36" in line and "loss 0.5" in line
+
+
 def test_format_duration():
     assert format_duration(3725) == "1:02:05"
     assert format_duration(math.inf) == "?"
