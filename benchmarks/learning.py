@@ -2,15 +2,19 @@
 
 Trains an agent with ``python -m mwm.train`` for each seed, then compares its
 evaluation returns with a uniformly random policy's on the same env. The default is
-MWM with the tiny preset on toy_catch with a large (8 px) object, sized to finish on
-2 CPU cores in well under an hour:
+MWM on toy_catch with a large (8 px) object in the ``cpu`` setting: the tiny preset
+widened where learning needs it (below), 30k agent steps, two seeds at a time on 2
+CPU cores, about an hour:
 
-    python benchmarks/learning.py                                  # 3 seeds, toy_catch
-    python benchmarks/learning.py --seeds 0 1 --steps 6000 --agent dreamerv2
-    python benchmarks/learning.py --env atari_pong --preset default --steps 100000   # GPU
+    python benchmarks/learning.py                                  # seeds 0 1, toy_catch
+    python benchmarks/learning.py --seeds 0 1 2 --jobs 1           # one seed at a time
+    python benchmarks/learning.py --agent dreamerv2 --steps 10000
+    python benchmarks/learning.py --setting paper --env atari_pong --steps 100000   # GPU
 
-Prints a table and writes JSON (``--out``); ``--plot`` adds a PNG of eval return over
-steps.
+Seeds whose run directory already holds a finished run are not trained again (the
+run resumes at its last step and stops), so the table can be rebuilt from old runs.
+Prints a table and writes JSON (``--out``) and a PNG of eval return over steps
+(``--plot``). Extra ``mwm.train`` flags go after ``--``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,106 +36,188 @@ sys.path.insert(0, str(ROOT))
 
 from mwm.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
 
+MAX_EPISODE_STEPS = 100_000  # the env's own time limit ends episodes first
+RANDOM_SEED = 1234  # env and action seed of the random policy's episodes
+FINAL_SEED = 5000  # + run seed: env seed of the final policy's episodes (unlike any training env)
+
+# Named settings: (preset, mwm.train flags). `cpu` widens the tiny preset where the
+# learning needs it: a 64-unit RSSM with 8x8 latents, 2 x 64 heads, a 15-step
+# imagination horizon, 16 x 32 world-model batches (the tiny preset's 4 x 8 batch
+# held about one reward per batch, and the reward head never learned) and 16 x 8 MAE
+# batches. Everything else is the tiny preset and the toy suite's values.
+SETTINGS = {
+    "cpu": ("tiny", [
+        "--rssm.deter", "64", "--rssm.hidden", "64", "--rssm.stoch", "8", "--rssm.classes", "8",
+        "--wm.head_units", "64", "--wm.head_layers", "2", "--ac.units", "64", "--ac.layers", "2",
+        "--ac.horizon", "15", "--ac.entropy", "1e-3", "--ac.slow_critic_every", "50",
+        "--replay.batch", "16", "--replay.length", "32", "--mae.batch", "16", "--mae.length", "8",
+        "--run.log_every", "250", "--run.checkpoint_every", "2000", "--run.report_every", "5000",
+    ]),
+    "paper": ("default", []),
+}
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="toy_catch")
     p.add_argument("--agent", default="mwm")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=5000, help="agent steps per seed")
+    p.add_argument("--setting", default="cpu", choices=sorted(SETTINGS), help="cpu (default) or paper (a GPU)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--jobs", type=int, default=2, help="seeds trained at the same time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training run")
+    p.add_argument("--steps", type=int, default=30000, help="agent steps per seed")
     p.add_argument("--object-size", type=int, default=8, help="toy_catch object side in pixels")
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-episodes", type=int, default=5)
-    p.add_argument("--random-episodes", type=int, default=50)
+    p.add_argument("--last-evals", type=int, default=5,
+                   help="the agent's score is the mean of its last this many evaluations")
+    p.add_argument("--final-episodes", type=int, default=50, help="episodes of each seed's final policy")
+    p.add_argument("--random-episodes", type=int, default=100)
     p.add_argument("--logdir", default="runs/bench-learning")
-    p.add_argument("--out", default="runs/bench-learning/learning.json")
-    p.add_argument("--plot", default="runs/bench-learning/learning.png")
+    p.add_argument("--out", help="JSON result (default <logdir>/learning.json)")
+    p.add_argument("--plot", help="PNG of eval return over steps (default <logdir>/learning.png; 'none' for no plot)")
     p.add_argument("--train-every", type=int, default=5, help="agent steps between updates (MWM: 5)")
-    p.add_argument("--prefill", type=int, default=500)
-    p.add_argument("--pretrain", type=int, default=100, help="autoencoder-only updates after prefill")
+    p.add_argument("--prefill", type=int, default=1000, help="random-policy steps before training (toy suite: 1000)")
+    p.add_argument("--pretrain", type=int, default=1000,
+                   help="autoencoder-only updates after prefill (official MWM: 5000); with 100 the world model "
+                        "started on tokens that were still changing fast and its posterior collapsed")
     p.add_argument("overrides", nargs="*", help="extra flags for mwm.train, after --, e.g. -- --mae.mask_ratio 0.9")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if min(args.jobs, args.threads, args.last_evals, args.final_episodes, args.random_episodes) < 1:
+        p.error("--jobs, --threads, --last-evals, --final-episodes and --random-episodes must be at least 1")
+    args.out = args.out or str(Path(args.logdir) / "learning.json")
+    args.plot = args.plot or str(Path(args.logdir) / "learning.png")
+    return args
 
 
-def random_returns(env_name: str, episodes: int, seed: int, overrides: dict) -> list:
-    """Returns of a uniformly random policy, through the same env constructor."""
-    import envs
-
-    env = envs.make(env_name, seed=seed, **overrides)
-    rng = np.random.default_rng(seed)
-    returns = []
-    for _ in range(episodes):
-        env.reset()
-        total, done = 0.0, False
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample() if not hasattr(
-                env.action_space, "n") else int(rng.integers(env.action_space.n)))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return returns
+def train_command(args, seed: int, logdir: Path) -> list:
+    """The ``mwm.train`` command line of one seed."""
+    preset, setting_flags = SETTINGS[args.setting]
+    return [sys.executable, "-m", "mwm.train", "--env", args.env, "--agent", args.agent, "--preset", preset,
+            "--seed", str(seed), "--steps", str(args.steps), "--logdir", str(logdir),
+            "--run.eval_every", str(args.eval_every), "--run.eval_episodes", str(args.eval_episodes),
+            "--run.train_every", str(args.train_every), "--run.prefill", str(args.prefill),
+            "--run.pretrain", str(args.pretrain), "--env.time_limit", "0",  # full episodes, as the random baseline
+            *(["--env.object_size", str(args.object_size)] if args.env == "toy_catch" else []),
+            *setting_flags, *args.overrides]
 
 
 def train_seed(args, seed: int) -> dict:
+    """Train (or finish, or just reopen) one seed's run; its console output goes to <run>/train.log."""
     logdir = Path(args.logdir) / f"{args.env}-{args.agent}-seed{seed}"
-    cmd = [sys.executable, "-m", "mwm.train", "--env", args.env, "--agent", args.agent, "--preset", args.preset,
-           "--seed", str(seed), "--steps", str(args.steps), "--logdir", str(logdir),
-           "--run.eval_every", str(args.eval_every), "--run.eval_episodes", str(args.eval_episodes),
-           "--run.train_every", str(args.train_every), "--run.prefill", str(args.prefill),
-           "--run.pretrain", str(args.pretrain), "--env.time_limit", "0",  # full episodes, as the random baseline
-           *(["--env.object_size", str(args.object_size)] if args.env == "toy_catch" else []), *args.overrides]
-    print("$", " ".join(cmd), flush=True)
+    logdir.mkdir(parents=True, exist_ok=True)
+    cmd = train_command(args, seed, logdir)
+    print(f"seed {seed}: training, log in {logdir / 'train.log'}\n$ {' '.join(cmd)}", flush=True)
     start = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
+    with open(logdir / "train.log", "ab") as log:
+        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = (logdir / "train.log").read_text(errors="replace").splitlines()[-5:]
+        raise SystemExit(f"seed {seed}: mwm.train exited with {code}; last lines of its log:\n" + "\n".join(tail))
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
-    evals = [(row["step"], row["eval/return"]) for row in rows if row.get("eval/return") is not None]
-    return {"seed": seed, "logdir": str(logdir), "minutes": (time.time() - start) / 60, "evals": evals,
-            "final_eval": evals[-1][1] if evals else None}
+    evals = sorted({row["step"]: row["eval/return"] for row in rows if row.get("eval/return") is not None}.items())
+    print(f"seed {seed}: done in {(time.time() - start) / 60:.1f} min", flush=True)
+    return {"seed": seed, "logdir": str(logdir), "minutes": (time.time() - start) / 60, "evals": evals}
+
+
+def episode_returns(env_name: str, env_kwargs: dict, episodes: int, seed: int, policy_dir: str = "") -> list:
+    """Returns of ``episodes`` full episodes: the run's final policy (eval mode) or, without
+    ``policy_dir``, a uniformly random policy; both through the same env constructor."""
+    import torch
+
+    from mwm.probes.sources import collect_episodes
+
+    torch.manual_seed(seed)  # the policy samples its latent states: seed them too
+    eps = collect_episodes(env_name, env_kwargs, episodes, MAX_EPISODE_STEPS, seed, policy_dir)
+    return [float(ep["reward"].sum()) for ep in eps]
+
+
+def mean_ci(values, confidence: float = 0.95, resamples: int = 10000, seed: int = 0) -> tuple:
+    """Mean and its bootstrap percentile interval."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    tail = (1.0 - confidence) / 2 * 100
+    return float(values.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def summarise(args, runs: list, random: list) -> dict:
+    """The result JSON: per-seed figures, pooled final-policy returns against the random policy's."""
+    for run in runs:
+        run["last_evals_mean"] = float(np.mean([v for _, v in run["evals"][-args.last_evals:]])) if run["evals"] else None
+    pooled = [ret for run in runs for ret in run["final_returns"]]
+    agent_mean, agent_low, agent_high = mean_ci(pooled)
+    rand_mean, rand_low, rand_high = mean_ci(random)
+    return {
+        "env": args.env, "agent": args.agent, "setting": args.setting, "preset": SETTINGS[args.setting][0],
+        "steps": args.steps, "object_size": args.object_size if args.env == "toy_catch" else None,
+        "overrides": args.overrides,
+        "agent_mean": agent_mean, "agent_ci95": [agent_low, agent_high], "agent_episodes": len(pooled),
+        "random_mean": rand_mean, "random_ci95": [rand_low, rand_high], "random_episodes": len(random),
+        "beats_random": agent_low > rand_high,
+        "runs": runs,
+    }
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['agent']} on {result['env']}, setting {result['setting']}, {result['steps']} agent steps")
+    print(f"{'seed':>4} | {'final policy return':>19} | {'last evals':>10} | {'minutes':>7} | eval return over steps")
+    for run in result["runs"]:
+        final = np.asarray(run["final_returns"])
+        trace = ", ".join(f"{step / 1000:g}k:{value:+.1f}" for step, value in run["evals"])
+        last = run["last_evals_mean"]
+        print(f"{run['seed']:>4} | {final.mean():>+11.2f} +- {final.std():4.2f} | "
+              f"{last if last is not None else float('nan'):>+10.2f} | {run['minutes']:>7.1f} | {trace}")
+    low, high = result["agent_ci95"]
+    print(f"agent : {result['agent_mean']:+.2f} [{low:+.2f}, {high:+.2f}] (95% CI) over {result['agent_episodes']} episodes")
+    low, high = result["random_ci95"]
+    print(f"random: {result['random_mean']:+.2f} [{low:+.2f}, {high:+.2f}] (95% CI) over {result['random_episodes']} episodes")
+    print("the agent beats the random policy" if result["beats_random"] else
+          "the agent does NOT clearly beat the random policy (the intervals overlap or it is worse)")
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in result["runs"]:
+        if run["evals"]:
+            ax.plot(*zip(*run["evals"]), marker="o", markersize=3, label=f"seed {run['seed']}")
+    low, high = result["random_ci95"]
+    ax.axhspan(low, high, color="grey", alpha=0.3, label="random policy (95% CI)")
+    ax.set_xlabel("agent steps")
+    ax.set_ylabel(f"eval return (mean of {result['runs'][0].get('eval_episodes', 'n')} episodes)")
+    ax.set_title(f"{result['agent']} on {result['env']} ({result['setting']} setting)")
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
+    print(f"plot: {path}")
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    env_overrides = {"object_size": args.object_size} if args.env == "toy_catch" else {}
-    runs = [train_seed(args, seed) for seed in args.seeds]
-    rand = random_returns(args.env, args.random_episodes, seed=1234, overrides=env_overrides)
-    finals = [r["final_eval"] for r in runs if r["final_eval"] is not None]
-    result = {
-        "env": args.env, "agent": args.agent, "preset": args.preset, "steps": args.steps,
-        "object_size": args.object_size if args.env == "toy_catch" else None,
-        "random_mean": float(np.mean(rand)), "random_std": float(np.std(rand)), "random_episodes": len(rand),
-        "agent_final_mean": float(np.mean(finals)) if finals else None,
-        "agent_final_std": float(np.std(finals)) if finals else None,
-        "runs": runs,
-    }
-    atomic_write_text(args.out, json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
-    print(f"\n{'seed':>4} | {'final eval return':>17} | {'minutes':>7} | eval returns over steps")
-    for r in runs:
-        trace = ", ".join(f"{s}:{v:+.1f}" for s, v in r["evals"])
-        print(f"{r['seed']:>4} | {r['final_eval'] if r['final_eval'] is not None else float('nan'):>17.2f} | "
-              f"{r['minutes']:>7.1f} | {trace}")
-    print(f"random policy: {result['random_mean']:+.2f} +- {result['random_std']:.2f} over {len(rand)} episodes")
-    if args.plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    from mwm import config as config_lib
+    from mwm.run_dir import env_kwargs
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in runs:
-            if r["evals"]:
-                ax.plot(*zip(*r["evals"]), marker="o", label=f"seed {r['seed']}")
-        ax.axhline(result["random_mean"], color="grey", linestyle="--", label="random policy")
-        ax.set_xlabel("agent steps")
-        ax.set_ylabel("eval return")
-        ax.set_title(f"{args.agent} on {args.env} ({args.preset})")
-        ax.legend()
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        atomic_write_bytes(args.plot, buffer.getvalue())
-        print(f"plot: {args.plot}")
+    args = parse_args(argv)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        runs = list(pool.map(lambda seed: train_seed(args, seed), args.seeds))
+    kwargs = env_kwargs(config_lib.load(Path(runs[0]["logdir"]) / "config.yaml"))
+    for run in runs:
+        run["eval_episodes"] = args.eval_episodes
+        run["final_returns"] = episode_returns(args.env, kwargs, args.final_episodes, FINAL_SEED + run["seed"],
+                                               policy_dir=run["logdir"])
+    random = episode_returns(args.env, kwargs, args.random_episodes, RANDOM_SEED)
+    result = summarise(args, runs, random)
+    atomic_write_text(args.out, json.dumps(result, indent=2))
+    print_table(result)
+    print(f"json: {args.out}")
+    if args.plot != "none":
+        plot(result, args.plot)
     return 0
 
 

@@ -1,0 +1,60 @@
+"""benchmarks/learning.py: the learning-evidence benchmark end to end on a few hundred steps."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import learning  # noqa: E402
+
+TINY = ["--steps", "120", "--prefill", "60", "--pretrain", "2", "--eval-every", "60", "--eval-episodes", "1",
+        "--final-episodes", "2", "--random-episodes", "6", "--seeds", "0", "--jobs", "1",
+        "--", "--replay.batch", "2", "--replay.length", "4", "--mae.batch", "2", "--mae.length", "4",
+        "--run.checkpoint_every", "60"]
+
+
+def test_mean_ci_brackets_the_mean_and_narrows_with_more_data():
+    rng = np.random.default_rng(0)
+    small = rng.normal(1.0, 2.0, size=20)
+    large = rng.normal(1.0, 2.0, size=2000)
+    for values in (small, large):
+        mean, low, high = learning.mean_ci(values)
+        assert low < mean < high
+        assert mean == pytest.approx(values.mean())
+    assert np.diff(learning.mean_ci(large)[1:])[0] < np.diff(learning.mean_ci(small)[1:])[0] / 4
+    assert learning.mean_ci([3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
+
+
+def test_benchmark_trains_evaluates_and_reuses_finished_runs(tmp_path, capsys):
+    logdir = tmp_path / "bench"
+    assert learning.main(["--logdir", str(logdir), *TINY]) == 0
+    result = json.loads((logdir / "learning.json").read_text())
+    run = result["runs"][0]
+    assert len(run["final_returns"]) == 2 and result["agent_episodes"] == 2
+    assert result["random_episodes"] == 6
+    assert run["evals"] and all(step <= 120 for step, _ in run["evals"])
+    # toy_catch returns are counts of catches minus misses over 5 drops
+    assert all(-5 <= r <= 5 and float(r).is_integer() for r in run["final_returns"])
+    low, high = result["random_ci95"]
+    assert low <= result["random_mean"] <= high
+    assert result["beats_random"] == (result["agent_ci95"][0] > high)
+    assert (logdir / "learning.png").stat().st_size > 0
+    table = capsys.readouterr().out
+    assert "final policy return" in table and "random:" in table
+
+    # a second call finds the finished run: the run is not trained again
+    metrics = (Path(run["logdir"]) / "metrics.jsonl").read_text()
+    assert learning.main(["--logdir", str(logdir), "--plot", "none", *TINY]) == 0
+    assert (Path(run["logdir"]) / "metrics.jsonl").read_text().count("train/return") == metrics.count("train/return")
+    again = json.loads((logdir / "learning.json").read_text())
+    assert again["runs"][0]["final_returns"] == run["final_returns"]  # same checkpoint, same seeds
+    assert again["random_mean"] == result["random_mean"]
+
+
+def test_a_failed_training_run_stops_with_its_log_tail(tmp_path):
+    with pytest.raises(SystemExit, match="mwm.train exited with 2"):
+        learning.main(["--logdir", str(tmp_path), *TINY, "--no-such.key", "1"])
