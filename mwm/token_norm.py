@@ -10,22 +10,26 @@ cost, its posterior carried 0.08 nats per step, and its reward head never learne
 
 With ``wm.token_norm`` on, the world model reads and reconstructs
 
-    x_hat = (x - mu) / sqrt(var + eps)
+    x_hat[l, d] = (x[l, d] - mu[l, d]) / s,    s = sqrt(mean_{l,d} var[l, d] + eps)
 
-per token and channel, where mu and var are exponential moving averages (decay
-``wm.token_norm_decay``) over the frames of the world-model batches. This is not in
-the official MWM code (its default here is off); agents/mwm/README.md lists it among
-our deviations.
+where mu and var are exponential moving averages (decay ``wm.token_norm_decay``) over
+the frames of the world-model batches. Each entry is centred on its own mean (the
+static background and position embedding drop out) but all share one scale, so the
+entries the frames move most still dominate the loss. Dividing each entry by its own
+standard deviation instead amplified near-constant entries' jitter to unit size: the
+posterior spent its KL on that noise (2.5-3 nats per step) and open-loop rollouts did
+not predict rewards. This is not in the official MWM code (its default here is off);
+agents/mwm/README.md lists it among our deviations.
 """
 
 import torch
 from torch import nn
 
-EPS = 1e-4  # floor of the variance: a near-constant entry is amplified at most 100x
+EPS = 1e-8  # keeps the scale finite before any variance is seen
 
 
 class TokenStandardizer(nn.Module):
-    """Per-entry running mean and variance of tokens (..., L, D); standardise and invert.
+    """Running per-entry mean and variance of tokens (..., L, D); centre and scale, and invert.
 
     Args:
         num_tokens: L, tokens per frame (cls included).
@@ -53,10 +57,14 @@ class TokenStandardizer(nn.Module):
         self.var.mul_(1.0 - new).add_(new * (var + (1.0 - new) * delta ** 2))
         self.count.add_(1.0)
 
+    def scale(self) -> torch.Tensor:
+        """() the one divisor: the root of the mean variance over all (L, D) entries."""
+        return torch.sqrt(self.var.mean() + EPS)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(..., L, D) -> standardised tokens, same shape and dtype."""
-        return ((tokens - self.mean) * torch.rsqrt(self.var + EPS)).to(tokens.dtype)
+        """(..., L, D) -> centred per entry, divided by one global scale; same shape and dtype."""
+        return ((tokens - self.mean) / self.scale()).to(tokens.dtype)
 
     def inverse(self, standardised: torch.Tensor) -> torch.Tensor:
         """Undo :meth:`forward`: (..., L, D) -> tokens in the autoencoder's units."""
-        return (standardised * torch.sqrt(self.var + EPS) + self.mean).to(standardised.dtype)
+        return (standardised * self.scale() + self.mean).to(standardised.dtype)

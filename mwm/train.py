@@ -161,9 +161,10 @@ def train(run: RunDir, stop: StopFlag) -> int:
             # stops it and a resume continues it), then scheduled updates.
             if counters["step"] >= r.prefill and replay.num_episodes > 0:
                 if not counters["pretrained"]:
-                    print(f"\npre-training: {r.pretrain - counters['pretrain_updates']} of {r.pretrain} updates "
-                          f"on {replay.num_steps} replay steps")
-                    bar = Progress(total=r.pretrain, keys=("loss",), unit="updates")
+                    if r.pretrain:
+                        print(f"\npre-training: {r.pretrain - counters['pretrain_updates']} of {r.pretrain} "
+                              f"updates on {replay.num_steps} replay steps")
+                    bar = Progress(total=r.pretrain, keys=("loss",), unit="updates") if r.pretrain else None
                     while counters["pretrain_updates"] < r.pretrain and stop.signal is None:
                         metrics = guard.check(agent.pretrain(replay, 1), counters["step"])
                         maybe_kill("update", counters["updates"])
@@ -171,7 +172,8 @@ def train(run: RunDir, stop: StopFlag) -> int:
                         counters["pretrain_updates"] += 1
                         loss = next((v for k, v in metrics.items() if k.endswith("/loss")), None)  # mae/loss
                         bar.update(counters["pretrain_updates"], **({} if loss is None else {"loss": float(loss)}))
-                    bar.close()
+                    if bar is not None:
+                        bar.close()
                     counters["pretrained"] = counters["pretrain_updates"] >= r.pretrain
                 if counters["pretrained"] and should["train"](counters["step"]):
                     for _ in range(r.train_steps):
