@@ -2,14 +2,19 @@
 
 Trains an agent with ``python -m mwm.train`` for each seed, then compares its
 evaluation returns with a uniformly random policy's on the same env. The default is
-MWM on toy_catch with a large (8 px) object in the ``cpu`` setting: the tiny preset
-widened where learning needs it (below), 30k agent steps, two seeds at a time on 2
-CPU cores, about an hour:
+MWM on toy_catch with a large (16 px) object in the ``cpu`` setting: the tiny preset
+widened where learning needs it (below), 12k agent steps, two seeds at a time on 2 CPU
+cores, about 40 minutes. Each seed's final policy then plays ``--final-episodes``
+episodes and a random policy ``--random-episodes``; the agent "beats random" when the
+95% bootstrap intervals of the two means do not overlap.
 
     python benchmarks/learning.py                                  # seeds 0 1, toy_catch
     python benchmarks/learning.py --seeds 0 1 2 --jobs 1           # one seed at a time
     python benchmarks/learning.py --agent dreamerv2 --steps 10000
     python benchmarks/learning.py --setting paper --env atari_pong --steps 100000   # GPU
+
+Measured (2 CPU cores, seeds 0 and 1): final policies +1.54 [+1.14, +1.94] over 100
+episodes against random -0.66 [-1.06, -0.26]; the README has the table and the curve.
 
 Seeds whose run directory already holds a finished run are not trained again (the
 run resumes at its last step and stops), so the table can be rebuilt from old runs.
