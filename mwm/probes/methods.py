@@ -87,7 +87,17 @@ class ProbeMethod(nn.Module):
         """Called after each optimiser step (CURL's momentum encoder)."""
 
 
-class MaskedAutoencoderMethod(ProbeMethod):
+class TokenFeatures:
+    """``features``: a masked autoencoder's unmasked tokens, flattened (MAE family and SiamMAE)."""
+
+    model: MaskedAutoencoder
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.features(images).flatten(1)  # (N, (1 + L) * D)
+
+
+class MaskedAutoencoderMethod(TokenFeatures, ProbeMethod):
     """MWM, pixel-patch MAE, SimMIM and the random floor: one :class:`MaskedAutoencoder`."""
 
     def __init__(self, model: MaskedAutoencoder, mask_type: str, mask_ratio: float, batch: int, length: int,
@@ -104,10 +114,6 @@ class MaskedAutoencoderMethod(ProbeMethod):
         return self.model.loss(images.flatten(0, 1), batch["reward"].flatten().float(), masking)
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.features(images).flatten(1)  # (N, (1 + L) * D)
-
-    @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, previous: torch.Tensor, ratio: float,
                     generator: torch.Generator) -> Figures:
         masking = make_masking(self.mask_type, images.shape[0], 1, self.model.num_tokens, ratio, images.device,
@@ -115,7 +121,7 @@ class MaskedAutoencoderMethod(ProbeMethod):
         return self.model.reconstruct(images, masking)
 
 
-class SiamMAEMethod(ProbeMethod):
+class SiamMAEMethod(TokenFeatures, ProbeMethod):
     """SiamMAE on frame pairs (t, t + k): the past frame unmasked, the future masked."""
 
     def __init__(self, model: SiameseMaskedAutoencoder, mask_type: str, gap_min: int, gap_max: int, batch: int):
@@ -131,10 +137,6 @@ class SiamMAEMethod(ProbeMethod):
         masking = make_masking(self.mask_type, n, 1, self.model.num_tokens, self.model.mask_ratio,
                                pairs.future.device, generator)
         return self.model.pair_loss(pairs.past, pairs.future, pairs.future_reward.float(), masking)
-
-    @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.features(images).flatten(1)  # (N, (1 + L) * D)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, previous: torch.Tensor, ratio: float,
