@@ -40,9 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mwm.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from mwm.probes.stats import bootstrap_ci  # noqa: E402
 
 MAX_EPISODE_STEPS = 100_000  # the env's own time limit ends episodes first
 RANDOM_SEED = 1234  # env and action seed of the random policy's episodes
+CONFIDENCE, RESAMPLES = 0.95, 10000  # bootstrap intervals of the mean returns
 FINAL_SEED = 5000  # + run seed: env seed of the final policy's episodes (unlike any training env)
 
 # Named settings: (preset, mwm.train flags). `cpu` widens the tiny preset where
@@ -142,22 +144,14 @@ def episode_returns(env_name: str, env_kwargs: dict, episodes: int, seed: int, p
     return [float(ep["reward"].sum()) for ep in eps]
 
 
-def mean_ci(values, confidence: float = 0.95, resamples: int = 10000, seed: int = 0) -> tuple:
-    """Mean and its bootstrap percentile interval."""
-    values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    tail = (1.0 - confidence) / 2 * 100
-    return float(values.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
-
-
 def summarise(args, runs: list, random: list) -> dict:
     """The result JSON: per-seed figures, pooled final-policy returns against the random policy's."""
     for run in runs:
         run["last_evals_mean"] = float(np.mean([v for _, v in run["evals"][-args.last_evals:]])) if run["evals"] else None
     pooled = [ret for run in runs for ret in run["final_returns"]]
-    agent_mean, agent_low, agent_high = mean_ci(pooled)
-    rand_mean, rand_low, rand_high = mean_ci(random)
+    agent_mean, rand_mean = float(np.mean(pooled)), float(np.mean(random))
+    agent_low, agent_high = bootstrap_ci(pooled, CONFIDENCE, resamples=RESAMPLES)
+    rand_low, rand_high = bootstrap_ci(random, CONFIDENCE, resamples=RESAMPLES)
     return {
         "env": args.env, "agent": args.agent, "setting": args.setting, "preset": SETTINGS[args.setting][0],
         "steps": args.steps, "object_size": args.object_size if args.env == "toy_catch" else None,

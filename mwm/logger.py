@@ -153,11 +153,13 @@ class Progress:
         self._metrics: Dict[str, float] = {}
 
     def update(self, step: int, **metrics) -> None:
-        """Record the step count and any metrics (floats); draw if it is time to."""
+        """Record the step count and any metrics (floats or scalar tensors); draw if it is time to."""
         if self._start_step is None:
             self._start_step = step
         self._step = step
-        self._metrics.update({k: float(v) for k, v in metrics.items() if k in self.keys})
+        # kept as given (a device tensor stays one): converted only when a line is drawn, so
+        # that calling this every update costs no host sync
+        self._metrics.update({k: v for k, v in metrics.items() if k in self.keys})
         now = self._clock()
         if now - self._last_draw >= self._interval:
             self._last_draw = now
@@ -183,7 +185,7 @@ class Progress:
             f"{rate:.1f} {self.unit}/s",
             f"ETA {format_duration(eta)}",
         ]
-        parts += [f"{k} {_format_number(self._metrics[k])}" for k in self.keys if k in self._metrics]
+        parts += [f"{k} {_format_number(float(self._metrics[k]))}" for k in self.keys if k in self._metrics]
         return " ".join(parts)
 
     def _draw(self, now: float) -> None:

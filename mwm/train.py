@@ -164,15 +164,15 @@ def train(run: RunDir, stop: StopFlag) -> int:
                     if r.pretrain:
                         print(f"\npre-training: {r.pretrain - counters['pretrain_updates']} of {r.pretrain} "
                               f"updates on {replay.num_steps} replay steps")
-                    bar = Progress(total=r.pretrain, keys=("loss",), unit="updates") if r.pretrain else None
-                    while counters["pretrain_updates"] < r.pretrain and stop.signal is None:
-                        metrics = guard.check(agent.pretrain(replay, 1), counters["step"])
-                        maybe_kill("update", counters["updates"])
-                        counters["updates"] += 1
-                        counters["pretrain_updates"] += 1
-                        loss = next((v for k, v in metrics.items() if k.endswith("/loss")), None)  # mae/loss
-                        bar.update(counters["pretrain_updates"], **({} if loss is None else {"loss": float(loss)}))
-                    if bar is not None:
+                        bar = Progress(total=r.pretrain, keys=("loss",), unit="updates")
+                        while counters["pretrain_updates"] < r.pretrain and stop.signal is None:
+                            metrics = guard.check(agent.pretrain(replay, 1), counters["step"])
+                            maybe_kill("update", counters["updates"])
+                            counters["updates"] += 1
+                            counters["pretrain_updates"] += 1
+                            # the representation's own loss (mae/loss, siammae/loss); read only when drawn
+                            bar.update(counters["pretrain_updates"],
+                                       **{"loss": v for k, v in metrics.items() if k.endswith("/loss")})
                         bar.close()
                     counters["pretrained"] = counters["pretrain_updates"] >= r.pretrain
                 if counters["pretrained"] and should["train"](counters["step"]):

@@ -4,7 +4,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -15,18 +14,6 @@ TINY = ["--steps", "120", "--prefill", "60", "--pretrain", "2", "--eval-every", 
         "--final-episodes", "2", "--random-episodes", "6", "--seeds", "0", "--jobs", "1",
         "--", "--replay.batch", "2", "--replay.length", "4", "--mae.batch", "2", "--mae.length", "4",
         "--run.checkpoint_every", "60"]
-
-
-def test_mean_ci_brackets_the_mean_and_narrows_with_more_data():
-    rng = np.random.default_rng(0)
-    small = rng.normal(1.0, 2.0, size=20)
-    large = rng.normal(1.0, 2.0, size=2000)
-    for values in (small, large):
-        mean, low, high = learning.mean_ci(values)
-        assert low < mean < high
-        assert mean == pytest.approx(values.mean())
-    assert np.diff(learning.mean_ci(large)[1:])[0] < np.diff(learning.mean_ci(small)[1:])[0] / 4
-    assert learning.mean_ci([3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
 
 
 def test_benchmark_trains_evaluates_and_reuses_finished_runs(tmp_path, capsys):

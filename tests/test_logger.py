@@ -106,7 +106,7 @@ def test_progress_names_its_unit():
     progress = Progress(1000, keys=("loss",), stream=io.StringIO(), unit="updates", clock=lambda: now["t"])
     progress.update(0)
     now["t"] = 4.0
-    progress.update(100, loss=0.5)
+    progress.update(100, loss=torch.tensor(0.5))  # a scalar tensor is read when drawn
     line = progress.render()
     assert "100/1000 10%" in line and "25.0 updates/s" in line and "ETA 0:00:36" in line and "loss 0.5" in line
 
