@@ -59,6 +59,7 @@ class WorldModelAgent(Agent):
         self.wm = WorldModel(
             encoder, decoder, embed_dim, self.action_dim, rssm=dict(cfg.rssm), head_layers=wm.head_layers,
             head_units=wm.head_units, reward_transform=wm.reward_transform, discount_head=wm.discount_head,
+            head_norm=wm.head_norm,
             kl_balance=wm.kl_balance, kl_free=wm.kl_free,
             loss_scales={"kl": wm.kl_scale, "recon": wm.recon_scale, "reward": wm.reward_scale,
                          **({"discount": wm.discount_scale} if wm.discount_head else {})})
@@ -66,7 +67,7 @@ class WorldModelAgent(Agent):
         self.ac = ActorCritic(
             self.wm.feat_dim, self.action_dim, self.discrete, layers=ac.layers, units=ac.units,
             horizon=ac.horizon, discount=ac.discount, lam=ac.lam, entropy=ac.entropy, actor_grad=ac.actor_grad,
-            slow_critic_every=ac.slow_critic_every, return_norm=ac.return_norm, min_std=ac.min_std)
+            slow_critic_every=ac.slow_critic_every, return_norm=ac.return_norm, min_std=ac.min_std, norm=ac.norm)
         self.to(device)
         self.speed = speed_settings(device, **cfg.speed)
         fused, graphs = self.speed.fused_optim, self.speed.cuda_graph

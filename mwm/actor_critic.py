@@ -57,12 +57,13 @@ class ActorCritic(nn.Module):
         return_norm: DreamerV3-style percentile return scaling (see module docstring).
         min_std: smallest std of the continuous actor (0.1).
         critic_transform: target squashing of the critic, "symlog" or "none" (DreamerV2).
+        norm: LayerNorm in the actor and critic MLPs (official MWM and DreamerV2: none).
     """
 
     def __init__(self, feat_dim: int, action_dim: int, discrete: bool, layers: int = 4, units: int = 512,
                  horizon: int = 15, discount: float = 0.99, lam: float = 0.95, entropy: float = 1e-4,
                  actor_grad: str = "auto", slow_critic_every: int = 100, return_norm: bool = False,
-                 min_std: float = 0.1, critic_transform: str = "symlog"):
+                 min_std: float = 0.1, critic_transform: str = "symlog", norm: bool = False):
         super().__init__()
         if actor_grad not in ACTOR_GRADS:
             raise UserError(f"unknown actor_grad '{actor_grad}': use one of {', '.join(ACTOR_GRADS)}")
@@ -78,8 +79,8 @@ class ActorCritic(nn.Module):
         self.actor_grad = ("reinforce" if discrete else "dynamics") if actor_grad == "auto" else actor_grad
         self.slow_critic_every = slow_critic_every
         self.return_norm = return_norm
-        self.actor = ActorHead(feat_dim, action_dim, discrete, layers, units, min_std=min_std)
-        self.critic = MSEHead(feat_dim, layers, units, critic_transform)
+        self.actor = ActorHead(feat_dim, action_dim, discrete, layers, units, min_std=min_std, norm=norm)
+        self.critic = MSEHead(feat_dim, layers, units, critic_transform, norm=norm)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("return_spread", torch.zeros(()))
         self._updates = 0

@@ -135,6 +135,7 @@ class WorldModelConfig:
     cnn_depth: int = MISSING  # DreamerV2 pixel encoder/decoder base channels
     head_layers: int = MISSING
     head_units: int = MISSING
+    head_norm: bool = MISSING
     reward_transform: str = MISSING  # symlog | tanh | none
     discount_head: bool = MISSING
     kl_balance: float = MISSING
@@ -155,6 +156,7 @@ class WorldModelConfig:
 class ActorCriticConfig:
     layers: int = MISSING
     units: int = MISSING
+    norm: bool = MISSING
     horizon: int = MISSING
     discount: float = MISSING
     lam: float = MISSING

@@ -133,13 +133,14 @@ class WorldModel(nn.Module):
         head_layers, head_units: reward / discount MLPs (MWM: 4 x 512).
         reward_transform: "symlog" (MWM), "tanh" (DreamerV2 Atari) or "none".
         discount_head: learn the continuation flag (Atari) or assume episodes never end.
+        head_norm: LayerNorm in the head MLPs (official MWM and DreamerV2: none).
         kl_balance, kl_free: see :func:`mwm.losses.dynamics.kl_balance_loss`.
         loss_scales: per-loss weights, keys among kl, recon, reward, discount; missing = 1.0.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, embed_dim: int, action_dim: int,
                  rssm: Mapping[str, object] | None = None, head_layers: int = 4, head_units: int = 512,
-                 reward_transform: str = "symlog", discount_head: bool = True, kl_balance: float = 0.8,
+                 reward_transform: str = "symlog", discount_head: bool = True, head_norm: bool = False, kl_balance: float = 0.8,
                  kl_free: float = 0.0, loss_scales: Mapping[str, float] | None = None):
         super().__init__()
         if not callable(getattr(decoder, "loss", None)):
@@ -155,8 +156,9 @@ class WorldModel(nn.Module):
         self.rssm = RSSM(embed_dim, action_dim, **rssm)
         feat_dim = self.rssm.feat_dim
         self.reward_transform = reward_transform
-        self.reward_head = MSEHead(feat_dim, head_layers, head_units, reward_transform)
-        self.discount_head = BernoulliHead(feat_dim, head_layers, head_units) if discount_head else None
+        self.reward_head = MSEHead(feat_dim, head_layers, head_units, reward_transform, norm=head_norm)
+        self.discount_head = (BernoulliHead(feat_dim, head_layers, head_units, norm=head_norm)
+                              if discount_head else None)
         self.kl_balance = kl_balance
         self.kl_free = kl_free
         names = LOSS_NAMES if discount_head else tuple(n for n in LOSS_NAMES if n != "discount")

@@ -89,7 +89,7 @@ def test_free_nats_floor_each_element():
 def test_loss_terms_by_hand():
     pred = torch.randn(2, 3, 5, 4)
     target = torch.randn(2, 3, 5, 4)
-    expected = ((pred - target) ** 2).sum(-1).mean(-1)
+    expected = 256 / 4 * ((pred - target) ** 2).sum(-1).mean(-1)  # official: sum over 256 channels
     assert torch.allclose(latent_recon_loss(pred, target), expected)
     reward = torch.tensor([[3.0, -1.0]])
     assert torch.allclose(reward_loss(symlog(reward), reward, "symlog"), torch.zeros(1, 2))
@@ -211,3 +211,16 @@ def test_decoder_without_loss_is_rejected():
         WorldModel(torch.nn.Identity(), torch.nn.Identity(), 4, A, RSSM)
     with pytest.raises(UserError, match="RSSM"):
         WorldModel(torch.nn.Identity(), ConvDecoder(48, 1, 4), 4, A, {**RSSM, "deterministic": 3})
+
+
+def test_token_loss_balance_does_not_depend_on_token_width():
+    """A preset's token width must not change the weight of reconstruction against the KL:
+    tokens of width 32 carrying the same per-channel error as width-256 tokens score the
+    same, and at the official width 256 the loss is official MWM's sum over channels."""
+    torch.manual_seed(0)
+    pred = torch.randn(2, 3, 5, 32)
+    target = torch.randn(2, 3, 5, 32)
+    wide_pred, wide_target = pred.repeat_interleave(8, dim=-1), target.repeat_interleave(8, dim=-1)  # D = 256
+    narrow, wide = latent_recon_loss(pred, target), latent_recon_loss(wide_pred, wide_target)
+    assert torch.allclose(narrow, wide, rtol=1e-5)
+    assert torch.allclose(wide, ((wide_pred - wide_target) ** 2).sum(-1).mean(-1), rtol=1e-5)

@@ -31,7 +31,7 @@ def kl_balance_loss(post_logits: torch.Tensor, prior_logits: torch.Tensor, balan
     applied to each term separately and per element (b, t), the KL already summed over
     the S latents; this is DreamerV2's ``kl_loss`` with ``free_avg=False`` (its default,
     ``free_avg=True``, floors the batch mean instead). Below the floor a term has no
-    gradient. DreamerV2 Atari: free 0; DreamerV2 DMC: 1.0; MWM DMC floor: see DESIGN.md.
+    gradient. DreamerV2 Atari: free 0; DreamerV2 DMC: 1.0; official MWM (DMC, Meta-world): 0.01.
 
     Args:
         post_logits: (B, T, S, K) posterior log-probabilities or logits.
@@ -75,20 +75,31 @@ def discount_loss(logits: torch.Tensor, is_terminal: torch.Tensor) -> torch.Tens
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
 
 
+# The token width of the official MWM code (its MAE's embed_dim). The token loss is
+# written per channel and multiplied by this, so that a preset with narrower tokens
+# keeps the paper's balance between reconstruction, KL and reward (see below).
+REFERENCE_TOKEN_WIDTH = 256
+
+
 def latent_recon_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MWM's latent reconstruction (Seo et al., 2022, Sec. 3.2), (B, T):
 
-        loss = (1 / L) sum_l sum_d (pred_tld - sg(target_tld))^2
+        loss = D_ref * (1 / L) sum_l (1 / D) sum_d (pred_tld - sg(target_tld))^2,   D_ref = 256
 
-    squared error summed over the D channels of each token, averaged over the L tokens
-    (the official MWM code's MSE-distribution log-likelihood of the MAE features, up to
-    the factor 1/2 and a constant). ``target`` is the stop-gradient MAE tokens.
+    The official MWM code (younggyoseo/MWM, ``agent.py``: ``MSEDist(pred, 1, "sum")``)
+    sums the squared error over the D = 256 channels of each token and averages over
+    the L tokens and the batch; at D = 256 this is exactly that. The tokens come out of
+    a LayerNorm, so each channel has about unit scale whatever D is: a plain sum over
+    channels would make the reconstruction term D / 256 times weaker against the KL
+    and reward terms in a narrower preset (8x at the tiny preset's D = 32) and change
+    the algorithm with the network size. The mean over channels times D_ref keeps the
+    balance fixed. ``target`` is the stop-gradient MAE tokens.
 
     Args:
         pred: (B, T, L, D) predicted tokens.
         target: (B, T, L, D) MAE tokens (cls + patches).
     """
-    return ((pred - target.detach()) ** 2).sum(dim=-1).mean(dim=-1)
+    return REFERENCE_TOKEN_WIDTH * ((pred - target.detach()) ** 2).mean(dim=(-2, -1))
 
 
 def image_recon_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
