@@ -24,6 +24,8 @@ class Agent(nn.Module, abc.ABC):
       synchronisation needed to produce it).
     - ``pretrain(replay, updates)``: warm-up updates before the first policy step.
     - ``report(replay)``: images and videos for TensorBoard (uint8 arrays).
+    - ``diagnostics(episodes, replay)``: scalars for TensorBoard (Dreamer family: the
+      open-loop world-model scores of :mod:`mwm.diagnostics`).
     - ``state_dict()`` / ``load_state_dict()`` include optimiser states and counters.
     """
 
@@ -51,4 +53,9 @@ class Agent(nn.Module, abc.ABC):
 
     def report(self, replay) -> Dict[str, Any]:
         """Images (H, W, C) and videos (T, H, W, C) as uint8 arrays; none by default."""
+        return {}
+
+    def diagnostics(self, episodes, replay) -> Dict[str, float]:
+        """Scalars that judge the agent's model on held-out ``episodes`` (a list of dicts of
+        (T, ...) arrays), or on ``replay`` where there are none; none by default."""
         return {}

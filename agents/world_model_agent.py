@@ -17,14 +17,17 @@ import torch
 from torch import nn
 
 from agents.base import Agent, Metrics
+from mwm import diagnostics
 from mwm.actor_critic import ActorCritic
+from mwm.errors import UserError
 from mwm.optim import Optimizer
 from mwm.speed import CudaGraphCapture, GraphedStep, compile_modules, schedule_all, speed_settings
 from mwm.vit import Transformer
 from mwm.world_model import WorldModel, rssm_feat_dim
 from replay.prefetch import DeviceEpisodes, DeviceSampler
 
-OPEN_LOOP_CONTEXT = 5  # observed steps before the open-loop prediction (DreamerV2's figure)
+OPEN_LOOP_CONTEXT = diagnostics.CONTEXT  # observed steps before the open-loop prediction (DreamerV2's figure)
+DIAGNOSTIC_SEQUENCES = 32  # held-out sequences scored at each report
 WM_KEYS = ("image", "action", "reward", "is_first", "is_terminal")  # what the world-model update reads
 COMPILED_TYPES = (Transformer,)  # the kernel-bound stacks worth fusing (speed.compile)
 
@@ -228,6 +231,26 @@ class WorldModelAgent(Agent):
         video = torch.cat([truth, imagined, error], dim=2)  # (B, T, 3H, W, C): truth / model / error
         video = torch.cat(list(video), dim=2)  # (T, 3H, B*W, C)
         return {"wm/open_loop": video.cpu().numpy()}
+
+    @torch.no_grad()
+    def diagnostics(self, episodes, replay) -> Dict[str, float]:
+        """Open-loop scores of the world model (:mod:`mwm.diagnostics`) on windows of the
+        held-out ``episodes``, or on replay sequences where no episode is long enough."""
+        length = diagnostics.CONTEXT + diagnostics.HORIZON
+        rng = np.random.default_rng(len(episodes))
+        try:
+            batch = diagnostics.cut_windows(episodes, length, DIAGNOSTIC_SEQUENCES, rng)
+            source = "held_out"
+        except ValueError:
+            try:
+                batch = replay.sample(DIAGNOSTIC_SEQUENCES, length)
+            except UserError:  # no episode of that length yet
+                return {}
+            source = "replay"
+        batch = {key: torch.as_tensor(batch[key]).to(self.device) for key in diagnostics.SEQUENCE_KEYS}
+        with self.autocast():
+            result = diagnostics.open_loop(self, batch)
+        return {**diagnostics.scalars(result), "diag/held_out": float(source == "held_out")}
 
     # ------------------------------------------------------------ checkpoints
 

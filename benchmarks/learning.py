@@ -1,25 +1,30 @@
-"""Learning evidence: does the agent beat a random policy? (A benchmark, not a test.)
+"""Learning evidence: MWM against its baselines and a random policy, over seeds.
 
-Trains an agent with ``python -m mwm.train`` for each seed, then compares its
-evaluation returns with a uniformly random policy's on the same env. The default is
-MWM on toy_catch with a large (16 px) object in the ``cpu`` setting: the tiny preset
-widened where learning needs it (below), 12k agent steps, two seeds at a time on 2 CPU
-cores, about 40 minutes. Each seed's final policy then plays ``--final-episodes``
-episodes and a random policy ``--random-episodes``; the agent "beats random" when the
-95% bootstrap intervals of the two means do not overlap.
+Trains every agent of ``--agents`` (default mwm, dreamerv2, curl) for every seed with
+``python -m mwm.train`` on the same env, budget and evaluation protocol, then plays each
+seed's final policy for ``--final-episodes`` fresh episodes (env seeds no training run
+used). A seed's score is the mean return of its final policy; an agent's figure is the
+mean of its seed scores with a 95% percentile-bootstrap interval over those seed means
+(no interval from fewer than 3 seeds). The random policy is scored the same way, one
+group of episodes per seed. For the Dreamer-family agents the final world model is
+also diagnosed on the final policy's episodes (``benchmarks/world_model.py``): the
+correlation of open-loop reward predictions with the truth over 15 steps after 5
+observed ones, and more.
 
-    python benchmarks/learning.py                                  # seeds 0 1, toy_catch
-    python benchmarks/learning.py --seeds 0 1 2 --jobs 1           # one seed at a time
-    python benchmarks/learning.py --agent dreamerv2 --steps 10000
+Each agent has its own CPU setting (``SETTINGS``): the size at which it can learn on 2
+CPU cores, not one agent's preset forced on the others. On toy_catch (``--object-size``
+16, 8, 4, 2 for the small-object sweep; ``--drift`` for sideways motion):
+
+    python benchmarks/learning.py                                   # 16 px: mwm, dreamerv2, curl x seeds 0 1 2
+    python benchmarks/learning.py --object-size 4 --logdir runs/bench-learning-4px
+    python benchmarks/learning.py --agents mwm --seeds 0 1 2 3 4
     python benchmarks/learning.py --setting paper --env atari_pong --steps 100000   # GPU
 
-Measured (2 CPU cores, seeds 0 and 1): final policies +1.54 [+1.14, +1.94] over 100
-episodes against random -0.66 [-1.06, -0.26]; the README has the table and the curve.
-
-Seeds whose run directory already holds a finished run are not trained again (the
-run resumes at its last step and stops), so the table can be rebuilt from old runs.
-Prints a table and writes JSON (``--out``) and a PNG of eval return over steps
-(``--plot``). Extra ``mwm.train`` flags go after ``--``.
+Runs go to ``<logdir>/<env>-o<size>-<agent>-seed<seed>``; a run that finished is not
+trained again (it resumes at its last step and stops), so tables can be rebuilt and
+extended. Prints a table, writes JSON (``--out``) and a PNG of evaluation return over
+agent steps with the final scores (``--plot``). Extra ``mwm.train`` flags for every
+agent go after ``--``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -40,144 +46,242 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mwm.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
-from mwm.probes.stats import bootstrap_ci  # noqa: E402
+from mwm.probes.stats import MIN_INTERVAL_VALUES, bootstrap_ci  # noqa: E402
 
 MAX_EPISODE_STEPS = 100_000  # the env's own time limit ends episodes first
-RANDOM_SEED = 1234  # env and action seed of the random policy's episodes
-CONFIDENCE, RESAMPLES = 0.95, 10000  # bootstrap intervals of the mean returns
+RANDOM_SEED = 1234  # + group: env and action seed of the random policy's episodes
+CONFIDENCE, RESAMPLES = 0.95, 10000  # bootstrap intervals over seed means
 FINAL_SEED = 5000  # + run seed: env seed of the final policy's episodes (unlike any training env)
+DREAMER_FAMILY = ("mwm", "dreamerv2", "siammae")
 
-# Named settings: (preset, mwm.train flags). `cpu` widens the tiny preset where
-# learning needs it: a 64-unit RSSM with 8x8 latents, 2 x 64 heads, a 15-step
-# imagination horizon, 16 x 16 world-model batches (the tiny preset's 4 x 8 batch held
-# about one reward, and the reward head never learned) and 16 x 8 MAE batches. The KL
-# scale is DreamerV2's 1.0 rather than the toy suite's 0.1 (official MWM), which pushes
-# the small RSSM to predict its latents rather than re-read them every step. With the
-# 1000 autoencoder-only updates below, the rest is the tiny preset and the toy suite's
-# and mwm_toy block's values.
+# The Dreamer family's CPU size: the tiny preset widened where learning needs it: a
+# 64-unit RSSM with 8x8 latents, 2 x 64 heads and actor-critic, a 15-step imagination
+# horizon and 16 x 16 world-model batches (the tiny preset's 4 x 8 batch held about one
+# reward, and the reward head never learned). One update every 3 agent steps. The
+# actor's entropy scale is 3e-3 for all three (MWM's 1e-4 let the policy collapse
+# within 4k steps on an 8 px object; agents/mwm/README.md).
+DREAMER_CPU = [
+    "--rssm.deter", "64", "--rssm.hidden", "64", "--rssm.stoch", "8", "--rssm.classes", "8",
+    "--wm.head_units", "64", "--wm.head_layers", "2", "--ac.units", "64", "--ac.layers", "2",
+    "--ac.horizon", "15", "--ac.entropy", "3e-3", "--ac.slow_critic_every", "50",
+    "--replay.batch", "16", "--replay.length", "16", "--run.train_every", "3",
+]
+# Named settings: agent -> (preset, mwm.train flags).
 SETTINGS = {
-    "cpu": ("tiny", [
-        "--rssm.deter", "64", "--rssm.hidden", "64", "--rssm.stoch", "8", "--rssm.classes", "8",
-        "--wm.head_units", "64", "--wm.head_layers", "2", "--ac.units", "64", "--ac.layers", "2",
-        "--ac.horizon", "15", "--ac.entropy", "3e-3", "--ac.slow_critic_every", "50",
-        "--replay.batch", "16", "--replay.length", "16", "--mae.batch", "16", "--mae.length", "8",
-        "--wm.kl_scale", "1.0",
-        "--run.log_every", "250", "--run.checkpoint_every", "2000", "--run.report_every", "5000",
-    ]),
-    "paper": ("default", []),
+    "cpu": {
+        # 1000 autoencoder-only updates after prefill (official MWM: 5000); with 100 the
+        # world model started on tokens that were still changing fast and collapsed.
+        "mwm": ("tiny", [*DREAMER_CPU, "--mae.batch", "16", "--mae.length", "8", "--run.pretrain", "1000"]),
+        "siammae": ("tiny", [*DREAMER_CPU, "--siammae.batch", "64", "--run.pretrain", "1000"]),
+        # DreamerV2's CNN at 16 channels (tiny: 8); it pre-trains one update (its config).
+        "dreamerv2": ("tiny", [*DREAMER_CPU, "--wm.cnn_depth", "16", "--run.pretrain", "1"]),
+        # CURL at data-efficient Rainbow's sizes (the small preset keeps CURL's own networks:
+        # channels 32, 64, hidden 256, 51 atoms, batch 32), one update per agent step, no
+        # pre-training. Its smoke-test size (tiny_curl) pinned the paddle to one side.
+        "curl": ("small", ["--run.pretrain", "0"]),
+    },
+    "paper": {agent: ("default", []) for agent in ("mwm", "dreamerv2", "curl", "siammae")},
 }
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="toy_catch")
-    p.add_argument("--agent", default="mwm")
+    p.add_argument("--agents", nargs="+", default=["mwm", "dreamerv2", "curl"],
+                   help="agents to train and compare (mwm, dreamerv2, curl, siammae)")
     p.add_argument("--setting", default="cpu", choices=sorted(SETTINGS), help="cpu (default) or paper (a GPU)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--jobs", type=int, default=2, help="seeds trained at the same time")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training run")
-    p.add_argument("--steps", type=int, default=12000, help="agent steps per seed")
+    p.add_argument("--steps", type=int, default=12000, help="agent steps per run")
     p.add_argument("--object-size", type=int, default=16, help="toy_catch object side in pixels")
+    p.add_argument("--drift", type=float, default=0.0, help="toy_catch sideways speed of the object, px per step")
+    p.add_argument("--prefill", type=int, default=1000, help="random-policy steps before training (toy suite: 1000)")
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-episodes", type=int, default=5)
-    p.add_argument("--last-evals", type=int, default=5,
-                   help="the agent's score is the mean of its last this many evaluations")
-    p.add_argument("--final-episodes", type=int, default=50, help="episodes of each seed's final policy")
-    p.add_argument("--random-episodes", type=int, default=100)
+    p.add_argument("--final-episodes", type=int, default=30, help="episodes of each seed's final policy")
+    p.add_argument("--random-episodes", type=int, default=30, help="random-policy episodes per seed group")
+    p.add_argument("--diagnostic-sequences", type=int, default=256,
+                   help="world-model windows (5 observed + 15 predicted steps) scored per Dreamer-family run")
     p.add_argument("--logdir", default="runs/bench-learning")
     p.add_argument("--out", help="JSON result (default <logdir>/learning.json)")
     p.add_argument("--plot", help="PNG of eval return over steps (default <logdir>/learning.png; 'none' for no plot)")
-    p.add_argument("--train-every", type=int, default=3, help="agent steps between updates (MWM: 5)")
-    p.add_argument("--prefill", type=int, default=1000, help="random-policy steps before training (toy suite: 1000)")
-    p.add_argument("--pretrain", type=int, default=1000,
-                   help="autoencoder-only updates after prefill (official MWM: 5000); with 100 the world model "
-                        "started on tokens that were still changing fast and its posterior collapsed")
     p.add_argument("overrides", nargs="*", help="extra flags for mwm.train, after --, e.g. -- --mae.mask_ratio 0.9")
     args = p.parse_args(argv)
-    if min(args.jobs, args.threads, args.last_evals, args.final_episodes, args.random_episodes) < 1:
-        p.error("--jobs, --threads, --last-evals, --final-episodes and --random-episodes must be at least 1")
+    if min(args.jobs, args.threads, args.final_episodes, args.random_episodes, args.steps) < 1:
+        p.error("--jobs, --threads, --steps, --final-episodes and --random-episodes must be at least 1")
+    unknown = sorted(set(args.agents) - set(SETTINGS[args.setting]))
+    if unknown:
+        p.error(f"unknown agents {unknown}: use {sorted(SETTINGS[args.setting])}")
     args.out = args.out or str(Path(args.logdir) / "learning.json")
     args.plot = args.plot or str(Path(args.logdir) / "learning.png")
     return args
 
 
-def train_command(args, seed: int, logdir: Path) -> list:
-    """The ``mwm.train`` command line of one seed."""
-    preset, setting_flags = SETTINGS[args.setting]
-    return [sys.executable, "-m", "mwm.train", "--env", args.env, "--agent", args.agent, "--preset", preset,
+def is_toy(args) -> bool:
+    return args.env == "toy_catch"
+
+
+def run_dir(args, agent: str, seed: int) -> Path:
+    size = f"-o{args.object_size}" + (f"-d{args.drift:g}" if args.drift else "") if is_toy(args) else ""
+    return Path(args.logdir) / f"{args.env}{size}-{agent}-seed{seed}"
+
+
+def merge_flags(*groups: list) -> list:
+    """``--key value`` pairs of several groups, a later group's value replacing an earlier
+    one's (so that ``--`` overrides win over a setting's flags without repeating a key)."""
+    merged: dict = {}
+    for flags in groups:
+        if len(flags) % 2:
+            raise SystemExit(f"mwm.train flags must come in '--key value' pairs, got {' '.join(flags)}")
+        for key, value in zip(flags[::2], flags[1::2]):
+            merged.pop(key, None)
+            merged[key] = value
+    return [item for pair in merged.items() for item in pair]
+
+
+def train_command(args, agent: str, seed: int, logdir: Path) -> list:
+    """The ``mwm.train`` command line of one run."""
+    preset, setting_flags = SETTINGS[args.setting][agent]
+    toy = (["--env.object_size", str(args.object_size), "--env.drift", str(args.drift)] if is_toy(args) else [])
+    protocol = ["--run.eval_every", str(args.eval_every), "--run.eval_episodes", str(args.eval_episodes),
+                "--run.prefill", str(args.prefill), "--env.time_limit", "0",  # full episodes, as the random baseline
+                "--run.log_every", "250", "--run.checkpoint_every", "2000", "--run.report_every", "2000", *toy]
+    return [sys.executable, "-m", "mwm.train", "--env", args.env, "--agent", agent, "--preset", preset,
             "--seed", str(seed), "--steps", str(args.steps), "--logdir", str(logdir),
-            "--run.eval_every", str(args.eval_every), "--run.eval_episodes", str(args.eval_episodes),
-            "--run.train_every", str(args.train_every), "--run.prefill", str(args.prefill),
-            "--run.pretrain", str(args.pretrain), "--env.time_limit", "0",  # full episodes, as the random baseline
-            *(["--env.object_size", str(args.object_size)] if args.env == "toy_catch" else []),
-            *setting_flags, *args.overrides]
+            *merge_flags(protocol, setting_flags, args.overrides)]
 
 
-def train_seed(args, seed: int) -> dict:
-    """Train (or finish, or just reopen) one seed's run; its console output goes to <run>/train.log."""
-    logdir = Path(args.logdir) / f"{args.env}-{args.agent}-seed{seed}"
+def read_metrics(logdir: Path) -> list:
+    """The rows of ``metrics.jsonl``; a half-written last line (a crash) is skipped."""
+    rows = []
+    for line in (logdir / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def train_run(args, agent: str, seed: int) -> dict:
+    """Train (or finish, or just reopen) one run; its console output goes to <run>/train.log."""
+    logdir = run_dir(args, agent, seed)
     logdir.mkdir(parents=True, exist_ok=True)
-    cmd = train_command(args, seed, logdir)
-    print(f"seed {seed}: training, log in {logdir / 'train.log'}\n$ {' '.join(cmd)}", flush=True)
+    cmd = train_command(args, agent, seed, logdir)
+    print(f"{agent} seed {seed}: training, log in {logdir / 'train.log'}", flush=True)
     start = time.time()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
     with open(logdir / "train.log", "ab") as log:
+        log.write(("$ " + " ".join(cmd) + "\n").encode())
+        log.flush()
         code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         tail = (logdir / "train.log").read_text(errors="replace").splitlines()[-5:]
-        raise SystemExit(f"seed {seed}: mwm.train exited with {code}; last lines of its log:\n" + "\n".join(tail))
-    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+        raise SystemExit(f"{agent} seed {seed}: mwm.train exited with {code}; last lines of its log:\n" + "\n".join(tail))
+    rows = read_metrics(logdir)
     evals = sorted({row["step"]: row["eval/return"] for row in rows if row.get("eval/return") is not None}.items())
-    print(f"seed {seed}: done in {(time.time() - start) / 60:.1f} min", flush=True)
-    return {"seed": seed, "logdir": str(logdir), "minutes": (time.time() - start) / 60, "evals": evals}
+    speeds = [row["speed/agent_steps_per_s"] for row in rows if row.get("speed/agent_steps_per_s")]
+    minutes = (time.time() - start) / 60
+    print(f"{agent} seed {seed}: done in {minutes:.1f} min", flush=True)
+    return {"agent": agent, "seed": seed, "logdir": str(logdir), "evals": evals, "minutes": minutes,
+            "agent_steps_per_s": float(speeds[-1]) if speeds else None}
 
 
-def episode_returns(env_name: str, env_kwargs: dict, episodes: int, seed: int, policy_dir: str = "") -> list:
-    """Returns of ``episodes`` full episodes: the run's final policy (eval mode) or, without
-    ``policy_dir``, a uniformly random policy; both through the same env constructor."""
+def episodes(env_name: str, env_kwargs: dict, count: int, seed: int, policy_dir: str = "") -> list:
+    """``count`` full episodes: the run's final policy (eval mode) or, without ``policy_dir``,
+    a uniformly random policy; both through the same env constructor."""
     import torch
 
     from mwm.probes.sources import collect_episodes
 
     torch.manual_seed(seed)  # the policy samples its latent states: seed them too
-    eps = collect_episodes(env_name, env_kwargs, episodes, MAX_EPISODE_STEPS, seed, policy_dir)
-    return [float(ep["reward"].sum()) for ep in eps]
+    return collect_episodes(env_name, env_kwargs, count, MAX_EPISODE_STEPS, seed, policy_dir)
 
 
-def summarise(args, runs: list, random: list) -> dict:
-    """The result JSON: per-seed figures, pooled final-policy returns against the random policy's."""
-    for run in runs:
-        run["last_evals_mean"] = float(np.mean([v for _, v in run["evals"][-args.last_evals:]])) if run["evals"] else None
-    pooled = [ret for run in runs for ret in run["final_returns"]]
-    agent_mean, rand_mean = float(np.mean(pooled)), float(np.mean(random))
-    agent_low, agent_high = bootstrap_ci(pooled, CONFIDENCE, resamples=RESAMPLES)
-    rand_low, rand_high = bootstrap_ci(random, CONFIDENCE, resamples=RESAMPLES)
+def interval(values: list) -> list:
+    """[low, high] of the 95% bootstrap interval of the mean; None below 3 values."""
+    low, high = bootstrap_ci(values, CONFIDENCE, resamples=RESAMPLES)
+    return None if math.isnan(low) else [low, high]
+
+
+def group(name: str, seed_means: list) -> dict:
+    return {"name": name, "seed_means": seed_means, "mean": float(np.mean(seed_means)), "n": len(seed_means),
+            "ci95": interval(seed_means)}
+
+
+def summarise(args, runs: list, random_means: list) -> dict:
+    """The result JSON: per-run figures, and per agent the mean of seed scores with its interval."""
+    agents = {}
+    for agent in args.agents:
+        mine = [run for run in runs if run["agent"] == agent]
+        summary = group(agent, [run["final_mean"] for run in mine])
+        corr = [run["world_model"]["reward_corr"] for run in mine if run.get("world_model")]
+        if corr:
+            summary["reward_corr"] = group(agent, corr)
+        speeds = [run["agent_steps_per_s"] for run in mine if run["agent_steps_per_s"]]
+        summary["agent_steps_per_s"] = float(np.mean(speeds)) if speeds else None
+        summary["minutes"] = float(np.mean([run["minutes"] for run in mine]))
+        agents[agent] = summary
+    random = group("random", random_means)
+    for summary in agents.values():
+        summary["beats_random"] = (summary["ci95"] is not None and random["ci95"] is not None
+                                   and summary["ci95"][0] > random["ci95"][1])
     return {
-        "env": args.env, "agent": args.agent, "setting": args.setting, "preset": SETTINGS[args.setting][0],
-        "steps": args.steps, "object_size": args.object_size if args.env == "toy_catch" else None,
-        "overrides": args.overrides,
-        "agent_mean": agent_mean, "agent_ci95": [agent_low, agent_high], "agent_episodes": len(pooled),
-        "random_mean": rand_mean, "random_ci95": [rand_low, rand_high], "random_episodes": len(random),
-        "beats_random": agent_low > rand_high,
-        "runs": runs,
+        "env": args.env, "setting": args.setting, "steps": args.steps, "seeds": args.seeds,
+        "object_size": args.object_size if is_toy(args) else None, "drift": args.drift if is_toy(args) else None,
+        "final_episodes": args.final_episodes, "random_episodes_per_group": args.random_episodes,
+        "overrides": args.overrides, "agents": agents, "random": random, "runs": runs,
+        "min_seeds_for_interval": MIN_INTERVAL_VALUES,
     }
 
 
+def fmt_group(g: dict) -> str:
+    if g["ci95"] is None:
+        return f"{g['mean']:+.2f} (n={g['n']}: " + ", ".join(f"{v:+.2f}" for v in g["seed_means"]) + ")"
+    return f"{g['mean']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]"
+
+
+def comparisons(result: dict) -> list:
+    """Plain sentences: each agent against random, and MWM against each baseline."""
+    lines = []
+    random = result["random"]
+    for name, g in result["agents"].items():
+        if g["ci95"] is None or random["ci95"] is None:
+            lines.append(f"{name}: fewer than {MIN_INTERVAL_VALUES} seeds, no interval; compared by values only")
+        elif g["beats_random"]:
+            lines.append(f"{name} beats the random policy (the intervals do not overlap)")
+        else:
+            lines.append(f"{name} does NOT clearly beat the random policy (the intervals overlap or it is worse)")
+    mwm = result["agents"].get("mwm")
+    for name, g in result["agents"].items():
+        if mwm is None or name == "mwm":
+            continue
+        if g["mean"] > mwm["mean"]:
+            overlap = (g["ci95"] is None or mwm["ci95"] is None or g["ci95"][0] <= mwm["ci95"][1])
+            lines.append(f"{name} scores higher than mwm ({g['mean']:+.2f} vs {mwm['mean']:+.2f})"
+                         + ("; the intervals overlap" if overlap else ", and the intervals do not overlap"))
+        else:
+            lines.append(f"mwm scores at least as high as {name} ({mwm['mean']:+.2f} vs {g['mean']:+.2f})")
+    return lines
+
+
 def print_table(result: dict) -> None:
-    print(f"\n{result['agent']} on {result['env']}, setting {result['setting']}, {result['steps']} agent steps")
-    print(f"{'seed':>4} | {'final policy return':>19} | {'last evals':>10} | {'minutes':>7} | eval return over steps")
+    size = f", {result['object_size']} px object" if result["object_size"] else ""
+    print(f"\n{result['env']}{size}, setting {result['setting']}, {result['steps']} agent steps; final policy: "
+          f"{result['final_episodes']} episodes per seed; mean of seed means [95% bootstrap CI over seeds]")
+    print(f"{'agent':<10} | {'final return':<34} | {'reward corr (h1-15)':<30} | {'steps/s':>7} | {'min/run':>7}")
+    for name, g in result["agents"].items():
+        corr = fmt_group(g["reward_corr"]) if g.get("reward_corr") else "-"
+        speed = f"{g['agent_steps_per_s']:.1f}" if g["agent_steps_per_s"] else "-"
+        print(f"{name:<10} | {fmt_group(g):<34} | {corr:<30} | {speed:>7} | {g['minutes']:>7.1f}")
+    print(f"{'random':<10} | {fmt_group(result['random']):<34} |")
+    print("\nper run: final mean, last evaluations")
     for run in result["runs"]:
-        final = np.asarray(run["final_returns"])
         trace = ", ".join(f"{step / 1000:g}k:{value:+.1f}" for step, value in run["evals"])
-        last = run["last_evals_mean"]
-        print(f"{run['seed']:>4} | {final.mean():>+11.2f} +- {final.std():4.2f} | "
-              f"{last if last is not None else float('nan'):>+10.2f} | {run['minutes']:>7.1f} | {trace}")
-    low, high = result["agent_ci95"]
-    print(f"agent : {result['agent_mean']:+.2f} [{low:+.2f}, {high:+.2f}] (95% CI) over {result['agent_episodes']} episodes")
-    low, high = result["random_ci95"]
-    print(f"random: {result['random_mean']:+.2f} [{low:+.2f}, {high:+.2f}] (95% CI) over {result['random_episodes']} episodes")
-    print("the agent beats the random policy" if result["beats_random"] else
-          "the agent does NOT clearly beat the random policy (the intervals overlap or it is worse)")
+        print(f"  {run['agent']:<9} seed {run['seed']}: {run['final_mean']:+.2f} | {trace}")
+    print()
+    for line in comparisons(result):
+        print(line)
 
 
 def plot(result: dict, path: str) -> None:
@@ -185,38 +289,63 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run in result["runs"]:
-        if run["evals"]:
-            ax.plot(*zip(*run["evals"]), marker="o", markersize=3, label=f"seed {run['seed']}")
-    low, high = result["random_ci95"]
-    ax.axhspan(low, high, color="grey", alpha=0.3, label="random policy (95% CI)")
-    ax.set_xlabel("agent steps")
-    ax.set_ylabel(f"eval return (mean of {result['runs'][0].get('eval_episodes', 'n')} episodes)")
-    ax.set_title(f"{result['agent']} on {result['env']} ({result['setting']} setting)")
-    ax.legend()
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    colours = dict(zip(result["agents"], plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for name in result["agents"]:
+        traces = [run["evals"] for run in result["runs"] if run["agent"] == name and run["evals"]]
+        for trace in traces:
+            curves.plot(*zip(*trace), color=colours[name], alpha=0.3, linewidth=0.8)
+        steps = sorted({step for trace in traces for step, _ in trace})
+        mean = [np.mean([dict(trace)[s] for trace in traces if s in dict(trace)]) for s in steps]
+        curves.plot(steps, mean, color=colours[name], marker="o", markersize=3, label=f"{name} (mean of seeds)")
+    random = result["random"]
+    low, high = random["ci95"] or (min(random["seed_means"]), max(random["seed_means"]))
+    curves.axhspan(low, high, color="grey", alpha=0.3, label="random policy")
+    curves.set(xlabel="agent steps", ylabel="eval return (higher is better)",
+               title=f"{result['env']} {result['object_size'] or ''} px: eval return over training")
+    curves.legend(fontsize=8)
+    names = [*result["agents"], "random"]
+    groups = [*result["agents"].values(), random]
+    for i, g in enumerate(groups):
+        colour = colours.get(names[i], "grey")
+        bars.bar(i, g["mean"], color=colour, alpha=0.5)
+        bars.scatter([i] * len(g["seed_means"]), g["seed_means"], color=colour, s=12, zorder=3)
+        if g["ci95"]:
+            bars.errorbar(i, g["mean"], yerr=[[g["mean"] - g["ci95"][0]], [g["ci95"][1] - g["mean"]]],
+                          color="black", capsize=4)
+    bars.set_xticks(range(len(names)), names)
+    bars.axhline(0.0, color="grey", linewidth=0.8)
+    bars.set(ylabel="final-policy return", title="final policy: seed means (dots), 95% CI")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     print(f"plot: {path}")
 
 
 def main(argv=None) -> int:
+    from benchmarks.world_model import diagnose_run, to_json
     from mwm import config as config_lib
     from mwm.run_dir import env_kwargs
 
     args = parse_args(argv)
+    order = [(agent, seed) for seed in args.seeds for agent in args.agents]  # every agent's first seeds first
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        runs = list(pool.map(lambda seed: train_seed(args, seed), args.seeds))
+        runs = list(pool.map(lambda key: train_run(args, *key), order))
     kwargs = env_kwargs(config_lib.load(Path(runs[0]["logdir"]) / "config.yaml"))
     for run in runs:
-        run["eval_episodes"] = args.eval_episodes
-        run["final_returns"] = episode_returns(args.env, kwargs, args.final_episodes, FINAL_SEED + run["seed"],
-                                               policy_dir=run["logdir"])
-    random = episode_returns(args.env, kwargs, args.random_episodes, RANDOM_SEED)
-    result = summarise(args, runs, random)
-    atomic_write_text(args.out, json.dumps(result, indent=2))
+        played = episodes(args.env, kwargs, args.final_episodes, FINAL_SEED + run["seed"], run["logdir"])
+        run["final_returns"] = [float(ep["reward"].sum()) for ep in played]
+        run["final_mean"] = float(np.mean(run["final_returns"]))
+        if run["agent"] in DREAMER_FAMILY:
+            result = diagnose_run(run["logdir"], played, args.diagnostic_sequences, seed=run["seed"])
+            run["world_model"] = {key: value for key, value in result.items() if key not in ("run", "agent", "env")}
+    random_means = [float(np.mean([ep["reward"].sum() for ep in episodes(args.env, kwargs, args.random_episodes,
+                                                                          RANDOM_SEED + i)]))
+                    for i in range(len(args.seeds))]
+    result = summarise(args, runs, random_means)
+    atomic_write_text(args.out, json.dumps(to_json(result), indent=2))
     print_table(result)
     print(f"json: {args.out}")
     if args.plot != "none":

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 
 
+EPISODE_KEYS = ("image", "reward", "is_first", "is_last", "is_terminal")  # kept of eval episodes
+
+
 def random_actions(act_space, n: int, rng: np.random.Generator) -> np.ndarray:
     """(N, A) float32 actions: one-hot uniform for discrete spaces, uniform [-1, 1] otherwise."""
     if hasattr(act_space, "n"):
@@ -41,6 +44,7 @@ class Collector:
         self._returns = np.zeros(env.num_envs)
         self._lengths = np.zeros(env.num_envs, dtype=np.int64)
         self._finished: List[tuple] = []
+        self.eval_episodes: List[Dict[str, np.ndarray]] = []  # the last evaluation's, see evaluate()
         self.obs = env.reset()
         self._store(self.obs, np.zeros((env.num_envs, self.action_size), np.float32))
 
@@ -83,18 +87,31 @@ class Collector:
                 "train/episodes": float(self.episodes)}
 
     def evaluate(self, eval_env, episodes: int) -> float:
-        """Mean return of ``episodes`` episodes with the agent's evaluation policy."""
+        """Mean return of ``episodes`` episodes with the agent's evaluation policy.
+
+        The episodes are kept in ``eval_episodes`` (until the next evaluation): held-out
+        sequences for the world-model diagnostics, never added to replay.
+        """
         returns, total = [], 0.0
         obs, self.eval_state = eval_env.reset(), None
+        self.eval_episodes, steps = [], []
+        action = np.zeros((1, self.action_size), np.float32)
         while len(returns) < episodes:
+            if not obs["is_first"][0]:
+                total += float(obs["reward"][0])
+            steps.append({key: np.asarray(obs[key][0]) for key in EPISODE_KEYS} | {"action": action[0]})
+            if obs["is_last"][0]:
+                returns.append(total)
+                self.eval_episodes.append({key: np.stack([s[key] for s in steps]) for key in steps[0]})
+            if len(returns) == episodes:
+                break
             actions = self.agent_policy(obs, mode="eval", state_attr="eval_state")
             obs = eval_env.step(to_env_actions(actions, self.discrete))
             if obs["is_first"][0]:
-                total = 0.0
-                continue
-            total += float(obs["reward"][0])
-            if obs["is_last"][0]:
-                returns.append(total)
+                total, steps = 0.0, []
+                action = np.zeros((1, self.action_size), np.float32)
+            else:
+                action = actions.astype(np.float32)
         return float(np.mean(returns))
 
     def close(self) -> None:

@@ -70,6 +70,7 @@ class EnvConfig:
     camera: int = MISSING  # DMC: camera id (-1: 0, or 2 for quadruped)
     fast_render: bool = MISSING  # DMC: cheaper shadows / offscreen samples
     object_size: int = MISSING  # toy_catch: falling object's side in pixels (1..16)
+    drift: float = MISSING  # toy_catch: the object's sideways speed, px per step (bounces off walls)
 
 
 @dataclass

@@ -43,7 +43,7 @@ LOCK_NAME = ".lock"
 SUITE_ENV_KEYS = {
     "atari": ("size", "action_repeat", "grayscale", "sticky", "noops", "life_done", "time_limit"),
     "dmc": ("size", "action_repeat", "camera", "fast_render", "time_limit"),
-    "toy": ("object_size", "time_limit"),  # toy_catch renders 64x64, one frame per step
+    "toy": ("object_size", "drift", "time_limit"),  # toy_catch renders 64x64, one frame per step
 }
 
 

@@ -189,6 +189,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
                 write_log(step)
             if r.report_every and counters["pretrained"] and should["report"](step):
                 log_media(logger, agent.report(replay))
+                logger.scalars(agent.diagnostics(collector.eval_episodes, replay))
                 logger.write(step)
             if should["checkpoint"](step):
                 run.save(agent, counters)

@@ -1,4 +1,4 @@
-"""benchmarks/learning.py: the learning-evidence benchmark end to end on a few hundred steps."""
+"""benchmarks/learning.py: statistics over seeds, and the benchmark end to end on a few hundred steps."""
 
 import json
 import sys
@@ -10,38 +10,73 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import learning  # noqa: E402
 
-TINY = ["--steps", "120", "--prefill", "60", "--pretrain", "2", "--eval-every", "60", "--eval-episodes", "1",
-        "--final-episodes", "2", "--random-episodes", "6", "--seeds", "0", "--jobs", "1",
+TINY = ["--steps", "120", "--prefill", "60", "--eval-every", "60", "--eval-episodes", "1",
+        "--final-episodes", "2", "--random-episodes", "2", "--diagnostic-sequences", "8", "--jobs", "2",
         "--", "--replay.batch", "2", "--replay.length", "4", "--mae.batch", "2", "--mae.length", "4",
-        "--run.checkpoint_every", "60"]
+        "--run.pretrain", "2", "--run.train_every", "20", "--run.checkpoint_every", "60"]
 
 
-def test_benchmark_trains_evaluates_and_reuses_finished_runs(tmp_path, capsys):
+def _runs(agent, finals):
+    return [{"agent": agent, "seed": seed, "final_mean": value, "agent_steps_per_s": 10.0, "minutes": 1.0,
+             "evals": [], "world_model": {"reward_corr": 0.5}} for seed, value in enumerate(finals)]
+
+
+def test_intervals_come_from_seed_means_and_need_three_seeds():
+    args = learning.parse_args(["--agents", "mwm", "curl"])
+    # mwm: three seeds far apart; the interval spans them (pooled episodes would not)
+    result = learning.summarise(args, _runs("mwm", [0.0, 1.0, 5.0]) + _runs("curl", [2.0, 2.2]), [-1.0, -0.6, -0.8])
+    mwm, curl, random = result["agents"]["mwm"], result["agents"]["curl"], result["random"]
+    assert mwm["mean"] == pytest.approx(2.0) and mwm["n"] == 3
+    low, high = mwm["ci95"]
+    assert 0.0 <= low < 2.0 < high <= 5.0
+    assert curl["ci95"] is None and curl["n"] == 2  # two seeds: values, never an interval
+    assert random["ci95"] is not None and random["ci95"][1] <= -0.6
+    assert mwm["beats_random"] and not curl["beats_random"]  # no interval, no claim
+    lines = learning.comparisons(result)
+    assert "curl: fewer than 3 seeds, no interval; compared by values only" in lines
+    assert "curl scores higher than mwm (+2.10 vs +2.00); the intervals overlap" in lines
+
+
+def test_overrides_replace_a_settings_flags_instead_of_repeating_them():
+    args = learning.parse_args(["--", "--replay.batch", "2", "--ac.entropy", "1e-4"])
+    cmd = learning.train_command(args, "mwm", 0, Path("x"))
+    assert cmd.count("--replay.batch") == 1 and cmd[cmd.index("--replay.batch") + 1] == "2"
+    assert cmd[cmd.index("--ac.entropy") + 1] == "1e-4"
+    assert cmd[cmd.index("--preset") + 1] == "tiny"
+    curl = learning.train_command(args, "curl", 0, Path("x"))
+    assert curl[curl.index("--preset") + 1] == "small"  # each agent at its own CPU size
+    with pytest.raises(SystemExit, match="pairs"):
+        learning.merge_flags(["--a", "1", "--b"])
+
+
+def test_benchmark_trains_compares_diagnoses_and_reuses_finished_runs(tmp_path, capsys):
     logdir = tmp_path / "bench"
-    assert learning.main(["--logdir", str(logdir), *TINY]) == 0
+    flags = ["--logdir", str(logdir), "--agents", "mwm", "dreamerv2", "--seeds", "0", *TINY]
+    assert learning.main(flags) == 0
     result = json.loads((logdir / "learning.json").read_text())
-    run = result["runs"][0]
-    assert len(run["final_returns"]) == 2 and result["agent_episodes"] == 2
-    assert result["random_episodes"] == 6
-    assert run["evals"] and all(step <= 120 for step, _ in run["evals"])
-    # toy_catch returns are counts of catches minus misses over 5 drops
-    assert all(-5 <= r <= 5 and float(r).is_integer() for r in run["final_returns"])
-    low, high = result["random_ci95"]
-    assert low <= result["random_mean"] <= high
-    assert result["beats_random"] == (result["agent_ci95"][0] > high)
+    assert set(result["agents"]) == {"mwm", "dreamerv2"}
+    for run in result["runs"]:
+        assert len(run["final_returns"]) == 2
+        # toy_catch returns are counts of catches minus misses over 5 drops
+        assert all(-5 <= r <= 5 and float(r).is_integer() for r in run["final_returns"])
+        assert run["evals"] and all(step <= 120 for step, _ in run["evals"])
+        assert len(run["world_model"]["recon_error_by_step"]) == 15
+        assert Path(run["logdir"]).name == f"toy_catch-o16-{run['agent']}-seed0"
+    assert result["agents"]["mwm"]["ci95"] is None  # one seed
     assert (logdir / "learning.png").stat().st_size > 0
     table = capsys.readouterr().out
-    assert "final policy return" in table and "random:" in table
+    assert "final return" in table and "random" in table and "fewer than 3 seeds" in table
 
-    # a second call finds the finished run: the run is not trained again
+    # a second call finds the finished runs: nothing is trained again, the figures repeat
+    run = result["runs"][0]
     metrics = (Path(run["logdir"]) / "metrics.jsonl").read_text()
-    assert learning.main(["--logdir", str(logdir), "--plot", "none", *TINY]) == 0
+    assert learning.main([*flags[:-len(TINY)], "--plot", "none", *TINY]) == 0
     assert (Path(run["logdir"]) / "metrics.jsonl").read_text().count("train/return") == metrics.count("train/return")
     again = json.loads((logdir / "learning.json").read_text())
     assert again["runs"][0]["final_returns"] == run["final_returns"]  # same checkpoint, same seeds
-    assert again["random_mean"] == result["random_mean"]
+    assert again["random"]["seed_means"] == result["random"]["seed_means"]
 
 
 def test_a_failed_training_run_stops_with_its_log_tail(tmp_path):
     with pytest.raises(SystemExit, match="mwm.train exited with 2"):
-        learning.main(["--logdir", str(tmp_path), *TINY, "--no-such.key", "1"])
+        learning.main(["--logdir", str(tmp_path), "--agents", "mwm", "--seeds", "0", *TINY, "--no-such.key", "1"])

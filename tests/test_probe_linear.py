@@ -105,6 +105,9 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_agreement():
     tight = bootstrap_ci([2.5, 2.5, 2.5, 2.5], 0.95)
     assert tight == (2.5, 2.5)
     assert all(math.isnan(v) for v in bootstrap_ci([1.0], 0.95))
+    assert all(math.isnan(v) for v in bootstrap_ci([1.0, 3.0], 0.95))  # no interval from fewer than 3 seeds
+    low, high = bootstrap_ci([1.0, 2.0, 3.0], 0.95)
+    assert 1.0 <= low < 2.0 < high <= 3.0
     assert iqm([0.0, 1.0, 2.0, 100.0]) == 1.5  # drops one value at each end
     stats = summarise([1.0, float("nan"), 3.0], 0.95)
     assert stats["n"] == 2 and stats["mean"] == 2.0

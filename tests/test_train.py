@@ -36,6 +36,7 @@ def checkpoint_steps(logdir: Path) -> list:
 
 # Metrics every agent logs, and the prefixes of each agent's own losses.
 CORE_METRICS = {"speed/env_steps_per_s", "speed/updates_per_s", "train/return"}
+DIAGNOSTICS = {"diag/reward_corr", "diag/reward_recall", "diag/recon_error_h15", "diag/kl", "diag/post_entropy"}
 LOSS_PREFIXES = {"mwm": ("mae/", "wm/", "ac/"), "dreamerv2": ("wm/", "ac/"), "siammae": ("siammae/", "wm/", "ac/"),
                  "curl": ("curl/", "rl/")}
 
@@ -50,6 +51,8 @@ def check_run_outputs(logdir: Path, steps: int, agent: str = "mwm") -> None:
     assert CORE_METRICS <= keys, sorted(CORE_METRICS - keys)
     for prefix in LOSS_PREFIXES[agent]:
         assert any(k.startswith(prefix) for k in keys), (prefix, sorted(keys))
+    if agent != "curl":  # the Dreamer family's open-loop world-model scores, logged at each report
+        assert DIAGNOSTICS <= keys, sorted(DIAGNOSTICS - keys)
 
 
 def test_toy_catch_trains_and_resumes_exactly(tmp_path):

@@ -70,13 +70,26 @@ class AgentPolicy:
         return int(action.argmax()) if self.discrete else np.clip(action, -1.0, 1.0)
 
 
+def agent_action(space: gym.Space, action) -> np.ndarray:
+    """An env action as the agents store it: one-hot (A,) for discrete spaces, else (A,) floats."""
+    if isinstance(space, gym.spaces.Discrete):
+        return np.eye(int(space.n), dtype=np.float32)[int(action)]
+    return np.asarray(action, np.float32).reshape(-1)
+
+
 def run_episode(env: gym.Env, policy: Policy, max_steps: int) -> Episode:
-    """One episode of at most ``max_steps`` agent steps (plus the reset frame)."""
+    """One episode of at most ``max_steps`` agent steps (plus the reset frame), laid out as
+    replay stores it: each step's ``action`` is the one that led to it (zeros at the reset
+    frame), with ``is_first`` and ``is_terminal`` flags."""
     obs, _ = env.reset()
-    steps: List[Dict[str, np.ndarray]] = [dict(obs, reward=np.float32(0.0))]
+    no_action = np.zeros_like(agent_action(env.action_space, env.action_space.sample()))
+    steps: List[Dict[str, np.ndarray]] = [
+        dict(obs, reward=np.float32(0.0), action=no_action, is_first=True, is_terminal=False)]
     for _ in range(max_steps):
-        obs, reward, terminated, truncated, _ = env.step(policy(obs, len(steps) == 1))
-        steps.append(dict(obs, reward=np.float32(reward)))
+        action = policy(obs, len(steps) == 1)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        steps.append(dict(obs, reward=np.float32(reward), action=agent_action(env.action_space, action),
+                          is_first=False, is_terminal=bool(terminated)))
         if terminated or truncated:
             break
     return {key: np.stack([step[key] for step in steps]) for key in steps[0]}

@@ -1,8 +1,9 @@
 """Aggregates over seeds: mean, bootstrap confidence interval and interquartile mean.
 
 With few seeds (3-5 is typical) the percentile bootstrap of the mean is the interval
-rliable recommends reporting alongside the IQM (Agarwal et al., 2021); with one seed
-there is no interval and both bounds are NaN.
+rliable recommends reporting alongside the IQM (Agarwal et al., 2021). From fewer than
+three values an interval says next to nothing, so there is none: both bounds are NaN
+and tables show the values themselves.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 BOOTSTRAP_RESAMPLES = 2000
+MIN_INTERVAL_VALUES = 3  # no interval from fewer (seeds, usually)
 
 
 def finite(values: Sequence[float]) -> np.ndarray:
@@ -24,9 +26,9 @@ def finite(values: Sequence[float]) -> np.ndarray:
 def bootstrap_ci(values: Sequence[float], confidence: float, seed: int = 0,
                  resamples: int = BOOTSTRAP_RESAMPLES) -> Tuple[float, float]:
     """Percentile bootstrap interval of the mean of the finite ``values``; (NaN, NaN) for
-    fewer than two values."""
+    fewer than ``MIN_INTERVAL_VALUES`` (3) values."""
     data = finite(values)
-    if data.size < 2:
+    if data.size < MIN_INTERVAL_VALUES:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)  # (R,)
