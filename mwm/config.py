@@ -25,7 +25,10 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from mwm.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# An installed wheel carries configs/ as the package data mwm/configs; a source checkout has it
+# next to mwm/.
+_HERE = Path(__file__).resolve().parent
+CONFIG_DIR = _HERE / "configs" if (_HERE / "configs").is_dir() else _HERE.parent / "configs"
 SUITES = ("atari", "dmc", "toy")
 AGENTS = ("mwm", "dreamerv2", "curl", "siammae")
 PRESETS = ("tiny", "small", "default")
@@ -294,6 +297,9 @@ class Config:
 def _load_blocks() -> dict:
     """All named blocks of every YAML file in configs/, keyed by block name."""
     blocks: dict = {}
+    if not any(CONFIG_DIR.glob("*.yaml")):  # else every key would be reported as having no value
+        raise UserError(f"no config files (*.yaml) in {CONFIG_DIR}: the installation is incomplete; "
+                        "reinstall mwm (pip install .) or run from a source checkout")
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
         for name, block in data.items():
