@@ -86,7 +86,7 @@ class ReplayConfig:
 
 @dataclass
 class MaeConfig:
-    """Masked autoencoder (DESIGN.md section 2, official MWM values)."""
+    """Masked autoencoder (official MWM values; docs/HYPERPARAMETERS.md)."""
 
     stem: bool = MISSING  # conv stem (MWM); False = 8x8 pixel patches (ablation)
     stem_channels: List[int] = MISSING
@@ -127,7 +127,7 @@ class RssmConfig:
 
 @dataclass
 class WorldModelConfig:
-    """RSSM world model (DESIGN.md section 3; DreamerV2 Atari values in section 4)."""
+    """RSSM world model (MWM and DreamerV2 values; docs/HYPERPARAMETERS.md)."""
 
     flat_width: int = MISSING  # MWM: flat ViT over the autoencoder's tokens
     flat_depth: int = MISSING
@@ -188,7 +188,7 @@ class SpeedConfig:
 
 @dataclass
 class CurlConfig:
-    """CURL baseline (DESIGN.md section 5; agents/curl/README.md): Rainbow for discrete
+    """CURL baseline (docs/HYPERPARAMETERS.md; agents/curl/README.md): Rainbow for discrete
     actions, SAC for continuous ones, both with the contrastive loss."""
 
     atari100k: bool = MISSING  # refuse Atari settings that break the Atari 100k protocol
@@ -238,7 +238,7 @@ class CurlConfig:
 
 @dataclass
 class SiamMAEConfig:
-    """SiamMAE baseline (DESIGN.md section 5; agents/siammae/README.md). The encoder, the
+    """SiamMAE baseline (docs/HYPERPARAMETERS.md; agents/siammae/README.md). The encoder, the
     loss options (loss_on, norm_pix, reward_head, reward_scale) and the optimiser come
     from the ``mae`` block, shared with MWM; mae.mask_ratio, mask_type, simmim, batch
     and length are MWM's and unused by SiamMAE."""
