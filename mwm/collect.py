@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -28,8 +29,11 @@ def to_tensors(obs: Dict[str, np.ndarray], device: torch.device) -> Dict[str, to
 class Collector:
     """Steps N envs with a policy; every step goes to replay with the action that led to it.
 
-    ``episodes`` counts finished episodes, starting from ``episodes`` (a resumed run's count).
+    ``episodes`` counts finished episodes, starting from ``episodes`` (a resumed run's count);
+    ``recent_returns`` holds the returns of the last ``RECENT`` of them (this process's).
     """
+
+    RECENT = 10
 
     def __init__(self, env, replay, agent, logger=None, episodes: int = 0):
         self.env, self.replay, self.agent = env, replay, agent
@@ -38,6 +42,7 @@ class Collector:
         self.state = None
         self.episodes = int(episodes)
         self.last_return: Optional[float] = None
+        self.recent_returns: deque = deque(maxlen=self.RECENT)
         self._returns = np.zeros(env.num_envs)
         self._lengths = np.zeros(env.num_envs, dtype=np.int64)
         self._finished: List[tuple] = []
@@ -71,6 +76,7 @@ class Collector:
             if obs["is_last"][i]:
                 self.episodes += 1
                 self.last_return = float(self._returns[i])
+                self.recent_returns.append(self.last_return)
                 self._finished.append((self._returns[i], self._lengths[i]))
 
     def pop_episode_stats(self) -> Dict[str, float]:

@@ -39,8 +39,10 @@ EPILOG = """examples:
   python -m mwm.train --env dmc_walker_walk --agent dreamerv2 --rssm.deter 600
   python -m mwm.train --env atari_pong --logdir runs/pong  # again: resumes the run
 
-Every config key (configs/defaults.yaml) is a flag: --mae.mask_ratio 0.9, --run.envs 4.
-Re-running with an existing --logdir resumes from its last checkpoint."""
+Every config key is a flag: --mae.mask_ratio 0.9, --run.envs 4. --print-config lists
+every key with the value it resolves to (the schema with each key's meaning is
+mwm/config.py; values come from configs/*.yaml). Re-running with an existing --logdir
+resumes from its last checkpoint. Evaluate a run with python -m mwm.eval --logdir RUN."""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -48,7 +50,22 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--agent", default="mwm", help="mwm (default), dreamerv2, curl or siammae")
     parser.add_argument("--steps", help="agent steps to train for (each is env.action_repeat frames)")
     parser.add_argument("--resume", action="store_true", help="require an existing run in --logdir to continue")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every key and its value) and exit without training")
     return cli.parse(parser, argv)
+
+
+def print_config(args, overrides) -> int:
+    """The config a run with these flags would use, as YAML; nothing is created or written."""
+    from omegaconf import OmegaConf
+
+    from mwm import config as config_lib
+
+    cfg = config_lib.build(args.env, args.agent, args.preset, overrides)
+    if not cfg.run.logdir:  # the default prepare_run gives
+        cfg.run.logdir = f"runs/{args.env}-{args.agent}-seed{cfg.run.seed}"
+    print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+    return 0
 
 
 class StopFlag:
@@ -88,6 +105,8 @@ def log_media(logger, media: dict) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = parse_args(argv)
+    if args.print_config:
+        return print_config(args, overrides)
     run = prepare_run(args.env, args.agent, args.preset, overrides, resume=args.resume)
     stop = StopFlag()
     stop.install()
@@ -132,12 +151,16 @@ def train(run: RunDir, stop: StopFlag) -> int:
     metrics: dict = {}
     logged_step = None
     saved_step = counters["step"] if run.resumed else None
+    last_eval = None  # (step, mean return) of the latest evaluation
 
     def write_log(step: int) -> None:
         nonlocal logged_step
         elapsed = max(time.time() - start_time, 1e-9)
         logger.scalars(metrics)
         logger.scalars(collector.pop_episode_stats())
+        if collector.recent_returns:  # the console's "return": the last few episodes, even if none just ended
+            logger.scalar("train/recent_return", float(np.mean(collector.recent_returns)))
+        logger.scalar("train/frames", step * cfg.env.action_repeat)
         logger.scalar("speed/env_steps_per_s", (step - start_step) * cfg.env.action_repeat / elapsed)
         logger.scalar("speed/agent_steps_per_s", (step - start_step) / elapsed)
         logger.scalar("speed/updates_per_s", (counters["updates"] - start_updates) / elapsed)
@@ -184,7 +207,8 @@ def train(run: RunDir, stop: StopFlag) -> int:
             # 3. Observe: evaluation, logs, figures, checkpoints.
             step = counters["step"]
             if eval_env is not None and counters["pretrained"] and should["eval"](step):
-                logger.scalar("eval/return", collector.evaluate(eval_env, r.eval_episodes))
+                last_eval = (step, collector.evaluate(eval_env, r.eval_episodes))
+                logger.scalar("eval/return", last_eval[1])
             if should["log"](step):
                 write_log(step)
             if r.report_every and counters["pretrained"] and should["report"](step):
@@ -211,11 +235,29 @@ def train(run: RunDir, stop: StopFlag) -> int:
         logger.close()
     if saved_step != counters["step"]:
         run.save(agent, counters)
-    elapsed = time.time() - start_time
-    print(f"done: {counters['step']} agent steps, {counters['episodes']} episodes, {counters['updates']} updates "
-          f"in {elapsed:.0f}s | last return {collector.last_return} | logdir {run.path}"
-          + (f" | stopped by {signal.Signals(stop.signal).name}" if stop.signal else ""))
+    print(summary_line(counters, cfg.env.action_repeat, time.time() - start_time, list(collector.recent_returns),
+                       last_eval, run.path, stop.signal))
     return 0
+
+
+def summary_line(counters: dict, action_repeat: int, elapsed: float, recent: list, last_eval, path,
+                 stopped_by: Optional[int] = None) -> str:
+    """``done: 1000 agent steps (4000 frames), 12 episodes, 200 updates in 0:05:00 | return +1.50
+    (mean of the last 10 episodes) | eval +2.00 at step 1000 | logdir runs/x``."""
+    from mwm.logger import format_duration
+
+    if recent:
+        train = f"return {np.mean(recent):+.2f} (mean of the last {len(recent)} episode{'s' * (len(recent) > 1)})"
+    else:
+        train = "no episode finished in this session"
+    parts = [f"done: {counters['step']} agent steps ({counters['step'] * action_repeat} frames), "
+             f"{counters['episodes']} episodes, {counters['updates']} updates in {format_duration(elapsed)}", train]
+    if last_eval is not None:
+        parts.append(f"eval {last_eval[1]:+.2f} at step {last_eval[0]}")
+    parts.append(f"logdir {path}")
+    if stopped_by:
+        parts.append(f"stopped by {signal.Signals(stopped_by).name}")
+    return " | ".join(parts)
 
 
 if __name__ == "__main__":
