@@ -81,3 +81,15 @@ def test_a_built_wheel_trains_and_evaluates_from_another_directory(tmp_path):
     assert (elsewhere / "run" / "checkpoints" / "checkpoint-10.pt").is_file()
     out = run(python, "-m", "mwm.eval", "--logdir", "run", "--episodes", "1", cwd=elsewhere)
     assert (elsewhere / "run" / "eval.json").is_file() and "return" in out.stdout
+
+
+def test_no_file_points_outside_the_repository():
+    needles = ("DESIGN" + ".md", "../" + "shared")  # spelled apart so that this file does not match
+    offenders = []
+    for path in ROOT.rglob("*"):
+        if any(part in (".git", "runs", "__pycache__", ".pytest_cache") for part in path.parts):
+            continue
+        if path.is_file() and path.suffix in (".py", ".md", ".yaml", ".toml", ".txt", ".cfg"):
+            text = path.read_text(errors="replace")
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in needles if n in text]
+    assert not offenders, offenders
