@@ -103,5 +103,16 @@ class Collector:
                 returns.append(total)
         return float(np.mean(returns))
 
+    def film(self, env, max_frames: int) -> np.ndarray:
+        """One episode of the evaluation policy in the one-env ``env`` as frames (T, H, W, C) uint8,
+        the first frame and every step's, at most ``max_frames``."""
+        obs, self.video_state = env.reset(), None
+        frames = [obs["image"][0]]
+        while len(frames) < max_frames and not obs["is_last"][0]:
+            actions = self.agent_policy(obs, mode="eval", state_attr="video_state")
+            obs = env.step(to_env_actions(actions, self.discrete))
+            frames.append(obs["image"][0])
+        return np.stack(frames)
+
     def close(self) -> None:
         self.state = None

@@ -57,6 +57,9 @@ class RunConfig:
     report_every: int = MISSING  # agent steps between image/video reports (0: never)
     checkpoint_every: int = MISSING  # agent steps between checkpoints
     max_nonfinite: int = MISSING  # consecutive non-finite updates before the run stops
+    keep_checkpoints: int = MISSING  # newest checkpoints kept in checkpoints/ (older ones are deleted)
+    milestone_every: int = MISSING  # agent steps: checkpoints at multiples are also kept in checkpoints/milestones/ (0: none)
+    video_every: int = MISSING  # agent steps between evaluation videos in TensorBoard (0: never)
 
 
 @dataclass
@@ -443,6 +446,9 @@ def validate(cfg: DictConfig) -> None:
     _check(r.log_every > 0, "run.log_every", f"must be positive, got {r.log_every}")
     _check(r.checkpoint_every > 0, "run.checkpoint_every", f"must be positive, got {r.checkpoint_every}")
     _check(r.max_nonfinite > 0, "run.max_nonfinite", f"must be positive, got {r.max_nonfinite}")
+    _check(r.keep_checkpoints > 0, "run.keep_checkpoints", f"must be at least 1, got {r.keep_checkpoints}")
+    _check(r.milestone_every >= 0, "run.milestone_every", f"must be >= 0, got {r.milestone_every}")
+    _check(r.video_every >= 0, "run.video_every", f"must be >= 0, got {r.video_every}")
     _check(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
            f"'{r.device}' is not a device: use auto, cpu, cuda or cuda:N")
     _check(len(e.size) == 2 and all(s > 0 for s in e.size), "env.size", f"must be [H, W] > 0, got {list(e.size)}")

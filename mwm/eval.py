@@ -92,7 +92,8 @@ def load_checkpoint(folder: Path, step: Optional[int], device) -> Tuple[dict, Pa
 
     from mwm.checkpoint import list_checkpoints, load_latest
 
-    available = [s for s, _ in list_checkpoints(str(folder))]
+    milestones = dict(list_checkpoints(str(folder / "milestones")))  # run.milestone_every keeps these
+    available = sorted({s for s, _ in list_checkpoints(str(folder))} | set(milestones))
     if step is None:
         for _ in range(3):  # training may delete the newest-but-one while we read it
             try:
@@ -105,6 +106,8 @@ def load_checkpoint(folder: Path, step: Optional[int], device) -> Tuple[dict, Pa
             return state, Path(path)
         raise UserError(f"checkpoints in '{folder}' kept changing while being read: try again")
     path = folder / f"checkpoint-{step}.pt"
+    if not path.is_file() and step in milestones:
+        path = Path(milestones[step])
     if step not in available:
         listed = ", ".join(str(s) for s in available) or "none"
         raise UserError(f"no checkpoint at step {step} in '{folder}' (available: {listed}): "

@@ -103,6 +103,44 @@ def log_media(logger, media: dict) -> None:
         (logger.video if np.ndim(array) == 4 else logger.image)(name, array)
 
 
+# Frames of one evaluation video at most (a GIF in TensorBoard; Atari episodes run to 27,000 steps).
+VIDEO_FRAMES = 500
+MILESTONES = "milestones"
+
+
+def log_eval_video(logger, collector, run: RunDir, step: int) -> None:
+    """One episode of the evaluation policy as ``eval/video``, always from the same start (an env
+    seed neither the training envs nor the evaluation env use), so videos compare over training."""
+    from envs.vector import VectorEnv
+
+    seed = run.cfg.run.seed + 20_000
+    with VectorEnv(run.cfg.run.env, 1, seed=seed, parallel=False, **run.env_kwargs()) as env:
+        logger.video("eval/video", collector.film(env, VIDEO_FRAMES))
+    logger.write(step)
+
+
+def keep_milestone(path: str, step: int, every: int) -> None:
+    """Keep checkpoint ``path`` of ``step`` also as ``checkpoints/milestones/<name>`` when ``step`` is a
+    multiple of ``every`` (0: never): rotation deletes the original, not the milestone (a hard link where
+    the file system has them, else a copy)."""
+    import os
+
+    if not every or step % every:
+        return
+    folder = os.path.join(os.path.dirname(path), MILESTONES)
+    target = os.path.join(folder, os.path.basename(path))
+    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(target):
+        os.remove(target)  # a resumed run wrote this step again
+    try:
+        os.link(path, target)
+    except OSError:
+        from mwm.atomic import atomic_write_bytes
+
+        with open(path, "rb") as source:
+            atomic_write_bytes(target, source.read())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = parse_args(argv)
     if args.print_config:
@@ -140,7 +178,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
 
     should = {name: Every(every, counters["step"]) for name, every in (
         ("train", r.train_every), ("log", r.log_every), ("report", r.report_every),
-        ("eval", r.eval_every), ("checkpoint", r.checkpoint_every))}
+        ("eval", r.eval_every), ("checkpoint", r.checkpoint_every), ("video", r.video_every))}
     if device.type == "cpu" and r.preset == "default":
         print("warning: paper-size networks on a CPU are very slow (~13 s per update); "
               "use a GPU, or --preset small for a CPU run", file=sys.stderr)
@@ -211,11 +249,13 @@ def train(run: RunDir, stop: StopFlag) -> int:
                 logger.scalar("eval/return", last_eval[1])
             if should["log"](step):
                 write_log(step)
+            if r.video_every and counters["pretrained"] and should["video"](step):
+                log_eval_video(logger, collector, run, step)
             if r.report_every and counters["pretrained"] and should["report"](step):
                 log_media(logger, agent.report(replay))
                 logger.write(step)
             if should["checkpoint"](step):
-                run.save(agent, counters)
+                keep_milestone(run.save(agent, counters), step, r.milestone_every)
                 saved_step = step
             progress.update(step, **({} if collector.last_return is None else {"return": collector.last_return}))
         if logged_step != counters["step"]:
@@ -234,7 +274,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
             eval_env.close()
         logger.close()
     if saved_step != counters["step"]:
-        run.save(agent, counters)
+        keep_milestone(run.save(agent, counters), counters["step"], r.milestone_every)
     print(summary_line(counters, cfg.env.action_repeat, time.time() - start_time, list(collector.recent_returns),
                        last_eval, run.path, stop.signal))
     return 0
