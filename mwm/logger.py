@@ -197,21 +197,15 @@ class Progress:
         self._stream.flush()
 
 
-# The console line, in this order: what people look for first. (metrics, the first present is shown; label)
-CONSOLE_FIRST = ((("train/frames",), "frames"), (("train/recent_return", "train/return"), "return"),
-                 (("eval/return",), "eval"))
-FPS_KEY, UPDATES_KEY = "speed/env_steps_per_s", "speed/updates_per_s"
-
-
-def format_line(step: int, scalars: Dict[str, float], losses: int = 5, fallback: int = 8) -> str:
+def format_line(step: int, scalars: Dict[str, float], limit: int = 8) -> str:
     """``step 1000 | frames 4000 | return 3.2 | eval 4.1 | mae/loss 0.01 | ... | fps 120 | 2.5 s/update``.
 
     In this order: step, frames, train return (``train/recent_return``, the mean of the
     last episodes, else ``train/return``, those since the last line),
-    eval return, the first ``losses`` main losses (``loss`` and ``*/loss``, in the order
-    they were logged: one per optimiser), env frames per second and the update rate.
-    Everything else is in TensorBoard and metrics.jsonl. A logger with none of these
-    names (another tool) shows its first ``fallback`` scalars, sorted.
+    eval return, the first CONSOLE_LOSSES main losses (``loss`` and ``*/loss``, in the
+    order they were logged: one per optimiser), env frames per second and the update
+    rate. Everything else is in TensorBoard and metrics.jsonl. A logger with none of
+    these names (another tool) shows its first ``limit`` scalars, sorted.
     """
     parts = []
     for keys, label in CONSOLE_FIRST:
@@ -221,15 +215,22 @@ def format_line(step: int, scalars: Dict[str, float], losses: int = 5, fallback:
             parts.append(f"{label} {value:.0f}" if label == "frames" and math.isfinite(value)
                          else f"{label} {_format_number(value)}")
     parts += [f"{key} {_format_number(scalars[key])}"
-              for key in [k for k in scalars if k == "loss" or k.endswith("/loss")][:losses]]
+              for key in [k for k in scalars if k == "loss" or k.endswith("/loss")][:CONSOLE_LOSSES]]
     if FPS_KEY in scalars:
         fps = scalars[FPS_KEY]
         parts.append(f"fps {fps:.0f}" if math.isfinite(fps) and fps >= 10 else f"fps {_format_number(fps)}")
     if UPDATES_KEY in scalars:
         parts.append(format_rate(scalars[UPDATES_KEY], "updates"))
     if not parts:
-        parts = [f"{n} {_format_number(scalars[n])}" for n in sorted(scalars)[:fallback]]
+        parts = [f"{n} {_format_number(scalars[n])}" for n in sorted(scalars)[:limit]]
     return " | ".join([f"step {step}"] + parts)
+
+
+# The console line, in this order: what people look for first. (metrics, the first present is shown; label)
+CONSOLE_FIRST = ((("train/frames",), "frames"), (("train/recent_return", "train/return"), "return"),
+                 (("eval/return",), "eval"))
+FPS_KEY, UPDATES_KEY = "speed/env_steps_per_s", "speed/updates_per_s"
+CONSOLE_LOSSES = 5
 
 
 def format_rate(per_second: float, unit: str = "updates") -> str:
