@@ -212,8 +212,8 @@ class RunDir:
             raise UserError(f"not saving a checkpoint at step {counters['step']}: '{bad}' holds NaN or inf; "
                             f"the previous checkpoint in {self.checkpoints} is kept: lower the learning rates "
                             "or check the inputs, then re-run to resume from it")
-        return save_checkpoint(str(self.checkpoints), state, step=counters["step"],
-                               keep=self.cfg.run.keep_checkpoints)
+        keep = {} if self.cfg is None else {"keep": self.cfg.run.keep_checkpoints}  # run.keep_checkpoints
+        return save_checkpoint(str(self.checkpoints), state, step=counters["step"], **keep)
 
 
 def prepare_run(env: str, agent: str, preset: str, overrides: Sequence[str], resume: bool = False,
