@@ -67,3 +67,9 @@ def _suggestion(name: str) -> str:
     matches = close_matches(name, full) + [bare[m] for m in close_matches(name, bare)]
     unique = list(dict.fromkeys(matches))[:5]
     return f"; did you mean: {', '.join(unique)}" if unique else ""
+
+
+# gymnasium.make("mwm/toy_catch-v0") and friends (envs/registration.py; cheap, no simulator imported)
+from envs.registration import register_all as _register_all  # noqa: E402
+
+_register_all()

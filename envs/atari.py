@@ -21,6 +21,7 @@ import numpy as np
 
 from envs.base import SeededEnv
 from envs.names import (
+    LIST_HINT,
     check_float,
     check_int,
     check_overrides,
@@ -74,6 +75,10 @@ def game_id(game: str) -> str:
 
 def make(name: str, seed: int | None, overrides: Mapping[str, object]) -> Atari:
     """Build the Atari env called `name` ('atari_<game>') with keyword `overrides`."""
+    valid = names()
+    if name not in valid:  # suggest what the user can type: atari_pongg -> atari_pong
+        raise UserError(f"unknown Atari game {name!r}{did_you_mean(name, valid)}; "
+                        f"{LIST_HINT.format(suite='atari')}")
     check_overrides("atari", overrides, option_names(Atari, ("game", "seed")))
     return Atari(name[len(PREFIX):], seed=seed, **overrides)
 
@@ -108,8 +113,6 @@ class Atari(SeededEnv):
     game's minimal action set (`get_action_meanings()` names them).
     """
 
-    metadata = {"render_modes": []}
-
     def __init__(
         self,
         game: str,
@@ -121,8 +124,9 @@ class Atari(SeededEnv):
         noops: int = 30,
         life_done: bool = False,
         time_limit: int = 27000,
+        render_mode: str | None = None,
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, render_mode)
         self._size = check_size(size)
         self._grayscale = bool(grayscale)
         self._action_repeat = check_int("action_repeat", action_repeat, 1)
@@ -199,7 +203,8 @@ class Atari(SeededEnv):
 
     def _observe(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         """Build the observation dict from a (pooled) raw screen and the current RAM."""
+        self._frame = np.ascontiguousarray(resize_frame(raw, self._size), dtype=np.uint8)
         return {
-            "image": np.ascontiguousarray(resize_frame(raw, self._size), dtype=np.uint8),
+            "image": self._frame,
             "ram": np.array(self.ale.getRAM(), dtype=np.uint8),
         }

@@ -24,7 +24,7 @@ import numpy as np
 
 from envs.base import SeededEnv
 from envs.gl import INSTALL_HINT, ensure_headless_gl
-from envs.names import check_int, check_overrides, check_size, did_you_mean, option_names
+from envs.names import LIST_HINT, check_int, check_overrides, check_size, did_you_mean, option_names
 from mwm.errors import UserError
 
 PREFIX = "dmc_"
@@ -56,10 +56,7 @@ def make(name: str, seed: int | None, overrides: Mapping[str, object]) -> DMC:
     """Build the DMC env called `name` ('dmc_<domain>_<task>') with keyword `overrides`."""
     known = tasks()
     if name not in known:
-        raise UserError(
-            f"unknown DMC task {name!r}{did_you_mean(name, known)}; "
-            f"valid names: {', '.join(known)}"
-        )
+        raise UserError(f"unknown DMC task {name!r}{did_you_mean(name, known)}; {LIST_HINT.format(suite='dmc')}")
     check_overrides("dmc", overrides, option_names(DMC, ("domain", "task", "seed")))
     domain, task = known[name]
     return DMC(domain, task, seed=seed, **overrides)
@@ -87,8 +84,6 @@ class DMC(SeededEnv):
     Observation: dict with `image` uint8 (H, W, 3). Actions: Box[-1, 1] float32 (A,).
     """
 
-    metadata = {"render_modes": []}
-
     def __init__(
         self,
         domain: str,
@@ -99,8 +94,9 @@ class DMC(SeededEnv):
         camera: int | None = None,
         time_limit: int = 1000,
         fast_render: bool = True,
+        render_mode: str | None = None,
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, render_mode)
         self._size = check_size(size)
         self._action_repeat = check_int("action_repeat", action_repeat, 1)
         self._time_limit = check_int("time_limit", time_limit, 1)
@@ -173,7 +169,8 @@ class DMC(SeededEnv):
 
     def _observe(self) -> dict[str, np.ndarray]:
         """Render the current frame -> {'image': (H, W, 3) uint8}."""
-        return {"image": self._render()}
+        self._frame = self._render()
+        return {"image": self._frame}
 
     def _render(self) -> np.ndarray:
         """Render from the chosen camera; the first render reports a missing GL as UserError."""

@@ -9,6 +9,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 from mwm.errors import UserError
 
+# the tail of an unknown-name error: how to see every name of a suite
+LIST_HINT = "python -c \"import envs; print(envs.list_envs('{suite}'))\" lists them"
+
 
 def close_matches(word: str, candidates: Iterable[str], count: int = 5) -> list[str]:
     """The candidates most similar to `word` (difflib ratio >= 0.6), best first."""

@@ -50,8 +50,6 @@ def make(name: str, seed: int | None, overrides: Mapping[str, object]) -> ToyCat
 class ToyCatch(SeededEnv):
     """Catch falling squares with a paddle; see the module docstring for the rules."""
 
-    metadata = {"render_modes": []}
-
     def __init__(
         self,
         seed: int | None = None,
@@ -62,8 +60,9 @@ class ToyCatch(SeededEnv):
         drift: float = 0.0,
         drops: int = 5,
         time_limit: int = 1000,
+        render_mode: str | None = None,
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, render_mode)
         self.object_size = check_int("object_size", object_size, 1, 16)
         self.paddle_width = check_int("paddle_width", paddle_width, 1, IMAGE_SIZE)
         self.paddle_speed = check_int("paddle_speed", paddle_speed, 0, IMAGE_SIZE)
@@ -151,6 +150,7 @@ class ToyCatch(SeededEnv):
         image[:] = BACKGROUND
         image[paddle_row:, self._paddle:self._paddle + self.paddle_width] = PADDLE_COLOUR
         image[top:bottom, left:right] = OBJECT_COLOUR
+        self._frame = image
         return {
             "image": image,
             "object_pos": np.array([top, left], np.float32),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -31,8 +32,11 @@ def to_tensors(obs: Dict[str, np.ndarray], device: torch.device) -> Dict[str, to
 class Collector:
     """Steps N envs with a policy; every step goes to replay with the action that led to it.
 
-    ``episodes`` counts finished episodes, starting from ``episodes`` (a resumed run's count).
+    ``episodes`` counts finished episodes, starting from ``episodes`` (a resumed run's count);
+    ``recent_returns`` holds the returns of the last ``RECENT`` of them (this process's).
     """
+
+    RECENT = 10
 
     def __init__(self, env, replay, agent, logger=None, episodes: int = 0):
         self.env, self.replay, self.agent = env, replay, agent
@@ -41,6 +45,7 @@ class Collector:
         self.state = None
         self.episodes = int(episodes)
         self.last_return: Optional[float] = None
+        self.recent_returns: deque = deque(maxlen=self.RECENT)
         self._returns = np.zeros(env.num_envs)
         self._lengths = np.zeros(env.num_envs, dtype=np.int64)
         self._finished: List[tuple] = []
@@ -75,6 +80,7 @@ class Collector:
             if obs["is_last"][i]:
                 self.episodes += 1
                 self.last_return = float(self._returns[i])
+                self.recent_returns.append(self.last_return)
                 self._finished.append((self._returns[i], self._lengths[i]))
 
     def pop_episode_stats(self) -> Dict[str, float]:
@@ -113,6 +119,17 @@ class Collector:
             else:
                 action = actions.astype(np.float32)
         return float(np.mean(returns))
+
+    def film(self, env, max_frames: int) -> np.ndarray:
+        """One episode of the evaluation policy in the one-env ``env`` as frames (T, H, W, C) uint8,
+        the first frame and every step's, at most ``max_frames``."""
+        obs, self.video_state = env.reset(), None
+        frames = [obs["image"][0]]
+        while len(frames) < max_frames and not obs["is_last"][0]:
+            actions = self.agent_policy(obs, mode="eval", state_attr="video_state")
+            obs = env.step(to_env_actions(actions, self.discrete))
+            frames.append(obs["image"][0])
+        return np.stack(frames)
 
     def close(self) -> None:
         self.state = None

@@ -25,7 +25,10 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from mwm.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# An installed wheel carries configs/ as the package data mwm/configs; a source checkout has it
+# next to mwm/.
+_HERE = Path(__file__).resolve().parent
+CONFIG_DIR = _HERE / "configs" if (_HERE / "configs").is_dir() else _HERE.parent / "configs"
 SUITES = ("atari", "dmc", "toy")
 AGENTS = ("mwm", "dreamerv2", "curl", "siammae")
 PRESETS = ("tiny", "small", "default")
@@ -54,6 +57,9 @@ class RunConfig:
     report_every: int = MISSING  # agent steps between image/video reports (0: never)
     checkpoint_every: int = MISSING  # agent steps between checkpoints
     max_nonfinite: int = MISSING  # consecutive non-finite updates before the run stops
+    keep_checkpoints: int = MISSING  # newest checkpoints kept in checkpoints/ (older ones are deleted)
+    milestone_every: int = MISSING  # agent steps: checkpoints at multiples are also kept in checkpoints/milestones/ (0: none)
+    video_every: int = MISSING  # agent steps between evaluation videos in TensorBoard (0: never)
 
 
 @dataclass
@@ -84,7 +90,7 @@ class ReplayConfig:
 
 @dataclass
 class MaeConfig:
-    """Masked autoencoder (DESIGN.md section 2, official MWM values)."""
+    """Masked autoencoder (official MWM values; docs/HYPERPARAMETERS.md)."""
 
     stem: bool = MISSING  # conv stem (MWM); False = 8x8 pixel patches (ablation)
     stem_channels: List[int] = MISSING
@@ -125,7 +131,7 @@ class RssmConfig:
 
 @dataclass
 class WorldModelConfig:
-    """RSSM world model (DESIGN.md section 3; DreamerV2 Atari values in section 4)."""
+    """RSSM world model (MWM and DreamerV2 values; docs/HYPERPARAMETERS.md)."""
 
     flat_width: int = MISSING  # MWM: flat ViT over the autoencoder's tokens
     flat_depth: int = MISSING
@@ -188,7 +194,7 @@ class SpeedConfig:
 
 @dataclass
 class CurlConfig:
-    """CURL baseline (DESIGN.md section 5; agents/curl/README.md): Rainbow for discrete
+    """CURL baseline (docs/HYPERPARAMETERS.md; agents/curl/README.md): Rainbow for discrete
     actions, SAC for continuous ones, both with the contrastive loss."""
 
     atari100k: bool = MISSING  # refuse Atari settings that break the Atari 100k protocol
@@ -238,7 +244,7 @@ class CurlConfig:
 
 @dataclass
 class SiamMAEConfig:
-    """SiamMAE baseline (DESIGN.md section 5; agents/siammae/README.md). The encoder, the
+    """SiamMAE baseline (docs/HYPERPARAMETERS.md; agents/siammae/README.md). The encoder, the
     loss options (loss_on, norm_pix, reward_head, reward_scale) and the optimiser come
     from the ``mae`` block, shared with MWM; mae.mask_ratio, mask_type, simmim, batch
     and length are MWM's and unused by SiamMAE."""
@@ -297,6 +303,9 @@ class Config:
 def _load_blocks() -> dict:
     """All named blocks of every YAML file in configs/, keyed by block name."""
     blocks: dict = {}
+    if not any(CONFIG_DIR.glob("*.yaml")):  # else every key would be reported as having no value
+        raise UserError(f"no config files (*.yaml) in {CONFIG_DIR}: the installation is incomplete; "
+                        "reinstall mwm (pip install .) or run from a source checkout")
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
         for name, block in data.items():
@@ -440,6 +449,9 @@ def validate(cfg: DictConfig) -> None:
     _check(r.log_every > 0, "run.log_every", f"must be positive, got {r.log_every}")
     _check(r.checkpoint_every > 0, "run.checkpoint_every", f"must be positive, got {r.checkpoint_every}")
     _check(r.max_nonfinite > 0, "run.max_nonfinite", f"must be positive, got {r.max_nonfinite}")
+    _check(r.keep_checkpoints > 0, "run.keep_checkpoints", f"must be at least 1, got {r.keep_checkpoints}")
+    _check(r.milestone_every >= 0, "run.milestone_every", f"must be >= 0, got {r.milestone_every}")
+    _check(r.video_every >= 0, "run.video_every", f"must be >= 0, got {r.video_every}")
     _check(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
            f"'{r.device}' is not a device: use auto, cpu, cuda or cuda:N")
     _check(len(e.size) == 2 and all(s > 0 for s in e.size), "env.size", f"must be [H, W] > 0, got {list(e.size)}")

@@ -182,7 +182,7 @@ class Progress:
         eta = (self.total - self._step) / rate if rate > 0 else math.inf
         parts = [
             f"[{bar}] {self._step}/{self.total} {100 * fraction:.0f}%",
-            f"{rate:.1f} {self.unit}/s",
+            format_rate(rate, self.unit) if self._step != (self._start_step or 0) else f"- {self.unit}/s",
             f"ETA {format_duration(eta)}",
         ]
         parts += [f"{k} {_format_number(float(self._metrics[k]))}" for k in self.keys if k in self._metrics]
@@ -198,10 +198,49 @@ class Progress:
 
 
 def format_line(step: int, scalars: Dict[str, float], limit: int = 8) -> str:
-    """``step 1000 | loss 0.123 | return 12.5 ...``: the first ``limit`` scalars, sorted."""
-    names = sorted(scalars)[:limit]
-    more = f" | (+{len(scalars) - limit} more)" if len(scalars) > limit else ""
-    return f"step {step} | " + " | ".join(f"{n} {_format_number(scalars[n])}" for n in names) + more
+    """``step 1000 | frames 4000 | return 3.2 | eval 4.1 | mae/loss 0.01 | ... | fps 120 | 2.5 s/update``.
+
+    In this order: step, frames, train return (``train/recent_return``, the mean of the
+    last episodes, else ``train/return``, those since the last line),
+    eval return, the first CONSOLE_LOSSES main losses (``loss`` and ``*/loss``, in the
+    order they were logged: one per optimiser), env frames per second and the update
+    rate. Everything else is in TensorBoard and metrics.jsonl. A logger with none of
+    these names (another tool) shows its first ``limit`` scalars, sorted.
+    """
+    parts = []
+    for keys, label in CONSOLE_FIRST:
+        key = next((k for k in keys if k in scalars), None)
+        if key is not None:
+            value = scalars[key]
+            parts.append(f"{label} {value:.0f}" if label == "frames" and math.isfinite(value)
+                         else f"{label} {_format_number(value)}")
+    parts += [f"{key} {_format_number(scalars[key])}"
+              for key in [k for k in scalars if k == "loss" or k.endswith("/loss")][:CONSOLE_LOSSES]]
+    if FPS_KEY in scalars:
+        fps = scalars[FPS_KEY]
+        parts.append(f"fps {fps:.0f}" if math.isfinite(fps) and fps >= 10 else f"fps {_format_number(fps)}")
+    if UPDATES_KEY in scalars:
+        parts.append(format_rate(scalars[UPDATES_KEY], "updates"))
+    if not parts:
+        parts = [f"{n} {_format_number(scalars[n])}" for n in sorted(scalars)[:limit]]
+    return " | ".join([f"step {step}"] + parts)
+
+
+# The console line, in this order: what people look for first. (metrics, the first present is shown; label)
+CONSOLE_FIRST = ((("train/frames",), "frames"), (("train/recent_return", "train/return"), "return"),
+                 (("eval/return",), "eval"))
+FPS_KEY, UPDATES_KEY = "speed/env_steps_per_s", "speed/updates_per_s"
+CONSOLE_LOSSES = 5
+
+
+def format_rate(per_second: float, unit: str = "updates") -> str:
+    """``12.5 updates/s``, or below one per second ``2.5 s/update`` (never ``0.0 updates/s``)."""
+    if not math.isfinite(per_second) or per_second <= 0:
+        return f"0 {unit}/s"
+    if per_second >= 1:
+        return f"{per_second:.1f} {unit}/s"
+    single = unit[:-1] if unit.endswith("s") else unit
+    return f"{1.0 / per_second:.1f} s/{single}"
 
 
 def format_duration(seconds: float) -> str:

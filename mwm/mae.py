@@ -26,7 +26,7 @@ GREY = 128  # fill value of removed patches in figures
 class MaskedAutoencoder(nn.Module):
     """Masked autoencoder over 8x8 tokens of a 64x64 frame, with a reward token.
 
-    Defaults are the official MWM values (DESIGN.md section 2). ``simmim=True`` passes
+    Defaults are the official MWM values (docs/HYPERPARAMETERS.md). ``simmim=True`` passes
     mask tokens through the encoder (SimMIM) instead of dropping removed tokens (MAE);
     ``stem=False`` embeds raw ``patch`` x ``patch`` pixel patches (the pixel ablation).
     """

@@ -1,7 +1,7 @@
 """Adam with DreamerV2's weight decay, gradient clipping, warm-up and non-finite skipping.
 
 One :class:`Optimizer` per loss (model, actor, critic, MAE), as in DreamerV2 and MWM
-(Adam eps 1e-5, clip 100, weight decay 1e-6; DESIGN.md Sec. 2-3).
+(Adam eps 1e-5, clip 100, weight decay 1e-6; docs/HYPERPARAMETERS.md).
 """
 
 from typing import Any, Iterable

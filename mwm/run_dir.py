@@ -35,6 +35,7 @@ RESUMABLE_KEYS = (
     "run.eval_episodes", "run.log_every", "run.report_every", "run.checkpoint_every",
     "run.max_nonfinite", "replay.prefetch", "speed.precision", "speed.fused_optim", "speed.pin_memory", "speed.cuda_graph", "speed.compile",
     "speed.compile_backend", "speed.replay_on_device",
+    "run.keep_checkpoints", "run.milestone_every", "run.video_every",
 )
 
 LOCK_NAME = ".lock"
@@ -198,7 +199,7 @@ class RunDir:
         return counters
 
     def save(self, agent, counters: Dict) -> str:
-        """Write ``checkpoint-<step>.pt`` (atomic, newest two kept); returns its path.
+        """Write ``checkpoint-<step>.pt`` (atomic, newest ``run.keep_checkpoints`` kept); returns its path.
 
         Weights holding NaN or inf are refused with a UserError and the previous
         checkpoints stay as they are.
@@ -211,7 +212,8 @@ class RunDir:
             raise UserError(f"not saving a checkpoint at step {counters['step']}: '{bad}' holds NaN or inf; "
                             f"the previous checkpoint in {self.checkpoints} is kept: lower the learning rates "
                             "or check the inputs, then re-run to resume from it")
-        return save_checkpoint(str(self.checkpoints), state, step=counters["step"])
+        keep = {} if self.cfg is None else {"keep": self.cfg.run.keep_checkpoints}  # run.keep_checkpoints
+        return save_checkpoint(str(self.checkpoints), state, step=counters["step"], **keep)
 
 
 def prepare_run(env: str, agent: str, preset: str, overrides: Sequence[str], resume: bool = False,

@@ -39,8 +39,10 @@ EPILOG = """examples:
   python -m mwm.train --env dmc_walker_walk --agent dreamerv2 --rssm.deter 600
   python -m mwm.train --env atari_pong --logdir runs/pong  # again: resumes the run
 
-Every config key (configs/defaults.yaml) is a flag: --mae.mask_ratio 0.9, --run.envs 4.
-Re-running with an existing --logdir resumes from its last checkpoint."""
+Every config key is a flag: --mae.mask_ratio 0.9, --run.envs 4. --print-config lists
+every key with the value it resolves to (the schema with each key's meaning is
+mwm/config.py; values come from configs/*.yaml). Re-running with an existing --logdir
+resumes from its last checkpoint. Evaluate a run with python -m mwm.eval --logdir RUN."""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -48,7 +50,22 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--agent", default="mwm", help="mwm (default), dreamerv2, curl or siammae")
     parser.add_argument("--steps", help="agent steps to train for (each is env.action_repeat frames)")
     parser.add_argument("--resume", action="store_true", help="require an existing run in --logdir to continue")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every key and its value) and exit without training")
     return cli.parse(parser, argv)
+
+
+def print_config(args, overrides) -> int:
+    """The config a run with these flags would use, as YAML; nothing is created or written."""
+    from omegaconf import OmegaConf
+
+    from mwm import config as config_lib
+
+    cfg = config_lib.build(args.env, args.agent, args.preset, overrides)
+    if not cfg.run.logdir:  # the default prepare_run gives
+        cfg.run.logdir = f"runs/{args.env}-{args.agent}-seed{cfg.run.seed}"
+    print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+    return 0
 
 
 class StopFlag:
@@ -86,8 +103,48 @@ def log_media(logger, media: dict) -> None:
         (logger.video if np.ndim(array) == 4 else logger.image)(name, array)
 
 
+# Frames of one evaluation video at most (a GIF in TensorBoard; Atari episodes run to 27,000 steps).
+VIDEO_FRAMES = 500
+MILESTONES = "milestones"
+
+
+def log_eval_video(logger, collector, run: RunDir, step: int) -> None:
+    """One episode of the evaluation policy as ``eval/video``, always from the same start (an env
+    seed neither the training envs nor the evaluation env use), so videos compare over training."""
+    from envs.vector import VectorEnv
+
+    seed = run.cfg.run.seed + 20_000
+    with VectorEnv(run.cfg.run.env, 1, seed=seed, parallel=False, **run.env_kwargs()) as env:
+        logger.video("eval/video", collector.film(env, VIDEO_FRAMES))
+    logger.write(step)
+
+
+def keep_milestone(path: str, step: int, every: int) -> None:
+    """Keep checkpoint ``path`` of ``step`` also as ``checkpoints/milestones/<name>`` when ``step`` is a
+    multiple of ``every`` (0: never): rotation deletes the original, not the milestone (a hard link where
+    the file system has them, else a copy)."""
+    import os
+
+    if not every or step % every:
+        return
+    folder = os.path.join(os.path.dirname(path), MILESTONES)
+    target = os.path.join(folder, os.path.basename(path))
+    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(target):
+        os.remove(target)  # a resumed run wrote this step again
+    try:
+        os.link(path, target)
+    except OSError:
+        from mwm.atomic import atomic_write_bytes
+
+        with open(path, "rb") as source:
+            atomic_write_bytes(target, source.read())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = parse_args(argv)
+    if args.print_config:
+        return print_config(args, overrides)
     run = prepare_run(args.env, args.agent, args.preset, overrides, resume=args.resume)
     stop = StopFlag()
     stop.install()
@@ -121,7 +178,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
 
     should = {name: Every(every, counters["step"]) for name, every in (
         ("train", r.train_every), ("log", r.log_every), ("report", r.report_every),
-        ("eval", r.eval_every), ("checkpoint", r.checkpoint_every))}
+        ("eval", r.eval_every), ("checkpoint", r.checkpoint_every), ("video", r.video_every))}
     if device.type == "cpu" and r.preset == "default":
         print("warning: paper-size networks on a CPU are very slow (~13 s per update); "
               "use a GPU, or --preset small for a CPU run", file=sys.stderr)
@@ -132,12 +189,16 @@ def train(run: RunDir, stop: StopFlag) -> int:
     metrics: dict = {}
     logged_step = None
     saved_step = counters["step"] if run.resumed else None
+    last_eval = None  # (step, mean return) of the latest evaluation
 
     def write_log(step: int) -> None:
         nonlocal logged_step
         elapsed = max(time.time() - start_time, 1e-9)
         logger.scalars(metrics)
         logger.scalars(collector.pop_episode_stats())
+        if collector.recent_returns:  # the console's "return": the last few episodes, even if none just ended
+            logger.scalar("train/recent_return", float(np.mean(collector.recent_returns)))
+        logger.scalar("train/frames", step * cfg.env.action_repeat)
         logger.scalar("speed/env_steps_per_s", (step - start_step) * cfg.env.action_repeat / elapsed)
         logger.scalar("speed/agent_steps_per_s", (step - start_step) / elapsed)
         logger.scalar("speed/updates_per_s", (counters["updates"] - start_updates) / elapsed)
@@ -184,15 +245,18 @@ def train(run: RunDir, stop: StopFlag) -> int:
             # 3. Observe: evaluation, logs, figures, checkpoints.
             step = counters["step"]
             if eval_env is not None and counters["pretrained"] and should["eval"](step):
-                logger.scalar("eval/return", collector.evaluate(eval_env, r.eval_episodes))
+                last_eval = (step, collector.evaluate(eval_env, r.eval_episodes))
+                logger.scalar("eval/return", last_eval[1])
             if should["log"](step):
                 write_log(step)
+            if r.video_every and counters["pretrained"] and should["video"](step):
+                log_eval_video(logger, collector, run, step)
             if r.report_every and counters["pretrained"] and should["report"](step):
                 log_media(logger, agent.report(replay))
                 logger.scalars(agent.diagnostics(collector.eval_episodes, replay))
                 logger.write(step)
             if should["checkpoint"](step):
-                run.save(agent, counters)
+                keep_milestone(run.save(agent, counters), step, r.milestone_every)
                 saved_step = step
             progress.update(step, **({} if collector.last_return is None else {"return": collector.last_return}))
         if logged_step != counters["step"]:
@@ -211,12 +275,30 @@ def train(run: RunDir, stop: StopFlag) -> int:
             eval_env.close()
         logger.close()
     if saved_step != counters["step"]:
-        run.save(agent, counters)
-    elapsed = time.time() - start_time
-    print(f"done: {counters['step']} agent steps, {counters['episodes']} episodes, {counters['updates']} updates "
-          f"in {elapsed:.0f}s | last return {collector.last_return} | logdir {run.path}"
-          + (f" | stopped by {signal.Signals(stop.signal).name}" if stop.signal else ""))
+        keep_milestone(run.save(agent, counters), counters["step"], r.milestone_every)
+    print(summary_line(counters, cfg.env.action_repeat, time.time() - start_time, list(collector.recent_returns),
+                       last_eval, run.path, stop.signal))
     return 0
+
+
+def summary_line(counters: dict, action_repeat: int, elapsed: float, recent: list, last_eval, path,
+                 stopped_by: Optional[int] = None) -> str:
+    """``done: 1000 agent steps (4000 frames), 12 episodes, 200 updates in 0:05:00 | return +1.50
+    (mean of the last 10 episodes) | eval +2.00 at step 1000 | logdir runs/x``."""
+    from mwm.logger import format_duration
+
+    if recent:
+        train = f"return {np.mean(recent):+.2f} (mean of the last {len(recent)} episode{'s' * (len(recent) > 1)})"
+    else:
+        train = "no episode finished in this session"
+    parts = [f"done: {counters['step']} agent steps ({counters['step'] * action_repeat} frames), "
+             f"{counters['episodes']} episodes, {counters['updates']} updates in {format_duration(elapsed)}", train]
+    if last_eval is not None:
+        parts.append(f"eval {last_eval[1]:+.2f} at step {last_eval[0]}")
+    parts.append(f"logdir {path}")
+    if stopped_by:
+        parts.append(f"stopped by {signal.Signals(stopped_by).name}")
+    return " | ".join(parts)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ FIX = re.compile(r"use |choose|pass |set |drop |install|did you mean|must be|see
 TRAIN_ROWS = [
     ("env-no-suite", ["--env", "pong"], ["unknown env 'pong'", "atari_"]),
     ("env-typo", ["--env", "toy_catc"], ["toy_catc", "did you mean", "toy_catch"]),
-    ("env-atari-game", ["--env", "atari_pongg"], ["pongg", "did you mean: pong"]),
+    ("env-atari-game", ["--env", "atari_pongg"], ["pongg", "did you mean: atari_pong"]),
     ("env-dmc-task", ["--env", "dmc_walker_fly"], ["dmc_walker_fly", "dmc_walker_walk"]),
     ("agent", ["--agent", "ppo"], ["unknown agent 'ppo'", "mwm"]),
     ("preset", ["--preset", "huge"], ["unknown preset 'huge'", "tiny"]),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mwm.logger import Logger, Progress, format_duration
+from mwm.logger import Logger, Progress, format_duration, format_line, format_rate
 
 
 def read_jsonl(path):
@@ -31,7 +31,7 @@ def test_write_appends_one_json_object_per_call_with_averaged_values(tmp_path):
         {"step": 20, "loss": 5.0},
     ]
     lines = console.getvalue().splitlines()
-    assert lines[0].startswith("step 10 | loss 2 |") and "train/return 2.5" in lines[0]
+    assert lines[0] == "step 10 | return 2.5 | loss 2"
     reopened = Logger(tmp_path, use_tensorboard=False, console=False)
     reopened.scalar("loss", 1)
     reopened.write(40)
@@ -114,3 +114,36 @@ def test_progress_names_its_unit():
 def test_format_duration():
     assert format_duration(3725) == "1:02:05"
     assert format_duration(math.inf) == "?"
+
+
+def test_console_line_shows_what_people_look_for_first_in_a_fixed_order():
+    # logged in an order of their own, with many auxiliary metrics sorting before them
+    scalars = {f"ac/aux_{i}": float(i) for i in range(12)}
+    scalars.update({"speed/updates_per_s": 2.5, "mae/loss": 0.25, "wm/kl": 1.0, "model/loss": 3.5,
+                    "speed/env_steps_per_s": 123.4, "eval/return": 4.0, "actor/loss": -0.5,
+                    "train/return": 3.25, "critic/loss": 0.125, "train/frames": 4000.0, "replay/steps": 9.0})
+    line = format_line(1000, scalars)
+    assert line == ("step 1000 | frames 4000 | return 3.25 | eval 4 | mae/loss 0.25 | model/loss 3.5 | "
+                    "actor/loss -0.5 | critic/loss 0.125 | fps 123 | 2.5 updates/s")
+    slow = format_line(5, {"speed/updates_per_s": 0.2, "train/return": 1.0})
+    assert slow == "step 5 | return 1 | 5.0 s/update"
+    # the mean of the last episodes wins over those since the last line (there may be none)
+    assert format_line(6, {"train/return": 1.0, "train/recent_return": 2.0}) == "step 6 | return 2"
+    # another tool's names: its first scalars, sorted
+    assert format_line(3, {"b": 2.0, "a": 1.0}) == "step 3 | a 1 | b 2"
+
+
+def test_rates_below_one_per_second_read_as_seconds_per_update():
+    assert format_rate(12.5) == "12.5 updates/s"
+    assert format_rate(0.25) == "4.0 s/update"
+    assert format_rate(0.0) == "0 updates/s"
+    assert format_rate(0.5, "steps") == "2.0 s/step"
+    now = {"t": 0.0}
+    out = io.StringIO()
+    progress = Progress(10, keys=("loss",), stream=out, redraw_s=0.0, clock=lambda: now["t"], unit="updates")
+    progress.update(0)
+    assert "- updates/s" in progress.render()  # no rate before the first update is done
+    now["t"] = 30.0
+    progress.update(3, loss=1.5)
+    line = progress.render()
+    assert "10.0 s/update" in line and "0.1 updates/s" not in line and "ETA 0:01:10" in line

@@ -61,7 +61,14 @@ def test_toy_catch_trains_and_resumes_exactly(tmp_path):
     check_run_outputs(logdir, 120)
     keys = set().union(*metrics(logdir))
     assert {"mae/pixel_loss", "mae/reward_loss", "wm/kl_loss", "wm/recon_loss", "ac/actor_loss"} <= keys
-    assert "done: 120 agent steps" in out.stdout
+    assert "done: 120 agent steps (120 frames)" in out.stdout and "(mean of the last" in out.stdout
+    # the periodic console line: step, frames, return, the main losses, fps, update rate, in that order
+    line = next(row for row in out.stdout.splitlines() if row.startswith("step 120 |"))
+    labels = [part.split(" ")[0] for part in line.split(" | ")]
+    assert labels[:3] == ["step", "frames", "return"], line
+    assert labels[3:7] == ["mae/loss", "model/loss", "actor/loss", "critic/loss"], line
+    assert labels[7] == "fps" and (line.endswith("updates/s") or line.endswith("s/update")), line
+    assert "ac/" not in line and "more)" not in line
 
     out = train(logdir, "toy_catch", 180)  # same logdir: resumes
     assert "resuming from" in out.stdout and "at step 120" in out.stdout
@@ -106,3 +113,17 @@ def test_baseline_trains_on_atari(tmp_path, agent):
     logdir = tmp_path / agent
     train(logdir, "atari_pong", 90, agent=agent)
     check_run_outputs(logdir, 90, agent)
+
+
+def test_print_config_prints_the_resolved_config_and_touches_nothing(tmp_path, capsys):
+    import yaml
+
+    from mwm.train import main
+
+    logdir = tmp_path / "never"
+    assert main(["--env", "toy_catch", "--preset", "tiny", "--print-config", "--rssm.deter", "48",
+                 "--logdir", str(logdir)]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["rssm"]["deter"] == 48 and printed["run"]["preset"] == "tiny"
+    assert printed["run"]["logdir"] == str(logdir) and printed["mae"]["mask_ratio"] == 0.75
+    assert not logdir.exists()

@@ -1,6 +1,6 @@
 """MWM: a masked autoencoder on conv-stem tokens, and a world model on its latents.
 
-Each update (DESIGN.md section 3):
+Each update (values and sources: docs/HYPERPARAMETERS.md):
 1. autoencoder: sample 32 x 32 frames, mask 75% of the 8x8 feature tokens, reconstruct
    all pixels and the reward (its own optimiser);
 2. world model: encode 16 x 50 frames with the autoencoder at mask ratio 0 under
