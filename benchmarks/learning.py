@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mwm.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from mwm.errors import UserError  # noqa: E402
 from mwm.probes.stats import bootstrap_ci  # noqa: E402
 
 MAX_EPISODE_STEPS = 100_000  # the env's own time limit ends episodes first
@@ -102,31 +103,64 @@ def parse_args(argv=None):
 
 
 def train_command(args, seed: int, logdir: Path) -> list:
-    """The ``mwm.train`` command line of one seed."""
+    """The ``mwm.train`` command line of one seed; flags after ``--`` replace the setting's
+    flags of the same key (mwm.train refuses a key given twice)."""
     preset, setting_flags = SETTINGS[args.setting]
+    flags = ["--seed", str(seed), "--steps", str(args.steps), "--logdir", str(logdir),
+             "--run.eval_every", str(args.eval_every), "--run.eval_episodes", str(args.eval_episodes),
+             "--run.train_every", str(args.train_every), "--run.prefill", str(args.prefill),
+             "--run.pretrain", str(args.pretrain), "--env.time_limit", "0",  # full episodes, as the random baseline
+             *(["--env.object_size", str(args.object_size)] if args.env == "toy_catch" else []),
+             *setting_flags]
     return [sys.executable, "-m", "mwm.train", "--env", args.env, "--agent", args.agent, "--preset", preset,
-            "--seed", str(seed), "--steps", str(args.steps), "--logdir", str(logdir),
-            "--run.eval_every", str(args.eval_every), "--run.eval_episodes", str(args.eval_episodes),
-            "--run.train_every", str(args.train_every), "--run.prefill", str(args.prefill),
-            "--run.pretrain", str(args.pretrain), "--env.time_limit", "0",  # full episodes, as the random baseline
-            *(["--env.object_size", str(args.object_size)] if args.env == "toy_catch" else []),
-            *setting_flags, *args.overrides]
+            *without_keys(flags, args.overrides), *args.overrides]
+
+
+def without_keys(flags: list, extra: list) -> list:
+    """``flags`` (pairs ``--key value``) less the pairs whose config key ``extra`` sets again."""
+    from mwm.cli import SHORTCUTS, split_overrides
+    from mwm.errors import UserError
+
+    try:
+        keys = {item.split("=", 1)[0] for item in split_overrides(extra)}
+    except UserError:
+        return flags  # mwm.train reports the bad flag
+    keys |= {SHORTCUTS[item[2:]] for item in extra if item[2:] in SHORTCUTS}
+    out = []
+    for name, value in zip(flags[::2], flags[1::2]):
+        if SHORTCUTS.get(name[2:], name[2:]) not in keys:
+            out += [name, value]
+    return out
+
+
+def run_log(logdir: Path) -> Path:
+    """A seed's console log: next to its run directory (mwm.train refuses a non-empty folder without a run)."""
+    return logdir.parent / f"{logdir.name}.train.log"
 
 
 def train_seed(args, seed: int) -> dict:
-    """Train (or finish, or just reopen) one seed's run; its console output goes to <run>/train.log."""
+    """Train (or finish, or just reopen) one seed's run; its console output goes to <run>.train.log."""
     logdir = Path(args.logdir) / f"{args.env}-{args.agent}-seed{seed}"
-    logdir.mkdir(parents=True, exist_ok=True)
+    log_path = run_log(logdir)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = train_command(args, seed, logdir)
-    print(f"seed {seed}: training, log in {logdir / 'train.log'}\n$ {' '.join(cmd)}", flush=True)
+    print(f"seed {seed}: training, log in {log_path}\n$ {' '.join(cmd)}", flush=True)
     start = time.time()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
-    with open(logdir / "train.log", "ab") as log:
+    with open(log_path, "ab") as log:
+        log_start = log.tell()
         code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
-        tail = (logdir / "train.log").read_text(errors="replace").splitlines()[-5:]
-        raise SystemExit(f"seed {seed}: mwm.train exited with {code}; last lines of its log:\n" + "\n".join(tail))
-    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+        with open(log_path, "rb") as log:
+            log.seek(log_start)
+            lines = log.read().decode(errors="replace").splitlines()
+        errors = [line for line in lines if line.startswith("error: ")]
+        if code == 2 and errors:  # mwm.train refused: its one line says what to do
+            raise UserError(f"seed {seed}: {errors[-1][len('error: '):]}")
+        last = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
+        raise RunFailed(f"seed {seed}: mwm.train failed with exit status {code} (last line: {last[:200]}): "
+                        f"see the full log in {log_path}")
+    rows = read_metrics(logdir / "metrics.jsonl")
     evals = sorted({row["step"]: row["eval/return"] for row in rows if row.get("eval/return") is not None}.items())
     print(f"seed {seed}: done in {(time.time() - start) / 60:.1f} min", flush=True)
     return {"seed": seed, "logdir": str(logdir), "minutes": (time.time() - start) / 60, "evals": evals}
@@ -202,6 +236,23 @@ def plot(result: dict, path: str) -> None:
     print(f"plot: {path}")
 
 
+class RunFailed(Exception):
+    """A training run crashed (not a user error): one line naming its log, exit status 1."""
+
+
+def read_metrics(path: Path) -> list:
+    """The records of a metrics.jsonl; a line a crash cut short (or any unparseable one) is skipped."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     from mwm import config as config_lib
     from mwm.run_dir import env_kwargs
@@ -224,5 +275,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_main(argv=None) -> None:
+    """``main`` as a command: a refused run is one line and exit status 2, a crashed one one line and 1."""
+    from mwm import cli
+
+    def failed_run() -> int:
+        try:
+            return main(argv)
+        except RunFailed as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    cli.run_main(failed_run)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main()
