@@ -86,6 +86,19 @@ def sequence_lengths(cfg) -> dict:
     return lengths
 
 
+def longest_episode(cfg) -> Optional[int]:
+    """Most steps an episode can hold (reset frame included) when env.time_limit sets it, else None.
+
+    DMC counts its limit in control steps, action_repeat of them per agent step.
+    """
+    limit = int(cfg.env.time_limit)
+    if limit <= 0:
+        return None
+    if cfg.run.env.startswith("dmc_"):
+        limit = -(-limit // int(cfg.env.action_repeat))
+    return limit + 1
+
+
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
@@ -96,20 +109,20 @@ def check_config(cfg, memory: Optional[int] = None, cores: Optional[int] = None)
     memory = available_memory() if memory is None else memory
     cores = cpu_count() if cores is None else cores
     # Replay must hold one whole episode and one sampled sequence, or nothing ever trains.
-    limit = int(cfg.env.time_limit) if cfg.env.time_limit > 0 else None
+    limit = longest_episode(cfg)
     for key, length in sequence_lengths(cfg).items():
         if length > cfg.replay.capacity:
             raise UserError(f"replay.capacity {cfg.replay.capacity} is smaller than the {length}-step sequences "
                             f"that {key} asks for, so nothing would ever train: raise --replay.capacity "
                             f"(e.g. {max(length * 100, 10000)}) or lower --{key}")
-        if limit is not None and length > limit + 1:
-            raise UserError(f"{key} asks for {length}-step sequences but episodes end after env.time_limit "
-                            f"{limit} steps ({limit + 1} with the reset frame), so nothing would ever train: "
+        if limit is not None and length > limit:
+            raise UserError(f"{key} asks for {length}-step sequences but env.time_limit {cfg.env.time_limit} ends "
+                            f"episodes after {limit} steps (the reset frame included), so nothing would ever train: "
                             f"lower --{key} or raise --env.time_limit")
-    if limit is not None and cfg.replay.capacity < limit + 1:
-        raise UserError(f"replay.capacity {cfg.replay.capacity} cannot hold one episode of env.time_limit {limit} "
-                        f"steps (an episode larger than the capacity leaves replay at once): raise --replay.capacity "
-                        f"to at least {limit + 1}")
+    if limit is not None and cfg.replay.capacity < limit:
+        raise UserError(f"replay.capacity {cfg.replay.capacity} cannot hold one episode of env.time_limit "
+                        f"{cfg.env.time_limit} ({limit} steps; an episode larger than the capacity leaves replay at "
+                        f"once): raise --replay.capacity to at least {limit}")
     if r.eval_every and r.eval_episodes < 1:
         raise UserError(f"run.eval_episodes is {r.eval_episodes} but run.eval_every is {r.eval_every}: "
                         "set --run.eval_episodes 1 or more, or --run.eval_every 0 to turn evaluation off")

@@ -669,6 +669,11 @@ def test_memory_and_worker_limits_refuse_what_cannot_run(capsys):
                  memory=2 * gib, cores=2)  # in-process envs: no workers
     with pytest.raises(UserError, match="more memory than the machine has"):
         check_config(config_lib.build("toy_catch", "mwm", "tiny", ["replay.batch=100000"]), memory=4 * gib, cores=2)
+    dmc = config_lib.build("dmc_walker_walk", "mwm", "tiny", ["env.time_limit=100", "replay.capacity=60"])
+    check_config(dmc, memory=64 * gib, cores=2)  # 100 control steps at action_repeat 2: 51-step episodes fit
+    with pytest.raises(UserError, match="at least 51"):
+        check_config(config_lib.build("dmc_walker_walk", "mwm", "tiny", ["env.time_limit=100", "replay.capacity=40"]),
+                     memory=64 * gib, cores=2)
     model = torch.nn.Linear(1000, 1000)  # 4 MB of weights: 16 MB with gradients and Adam's moments
     with pytest.raises(UserError, match="smaller --preset"):
         check_model(cfg, model, torch.device("cpu"), memory=8 * 2**20)
