@@ -20,7 +20,8 @@ CPU cores, not one agent's preset forced on the others. On toy_catch (``--object
     python benchmarks/learning.py --agents mwm --seeds 0 1 2 3 4
     python benchmarks/learning.py --setting paper --env atari_pong --steps 100000   # GPU
 
-Runs go to ``<logdir>/<env>-o<size>-<agent>-seed<seed>``; a run that finished is not
+Runs go to ``<logdir>/<env>-o<size>-<agent>-seed<seed>`` (console output beside it in
+``<run>.train.log``); a run that finished is not
 trained again (it resumes at its last step and stops), so tables can be rebuilt and
 extended. Prints a table, writes JSON (``--out``) and a PNG of evaluation return over
 agent steps with the final scores (``--plot``). Extra ``mwm.train`` flags for every
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mwm.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from mwm.errors import UserError  # noqa: E402
 from mwm.probes.stats import MIN_INTERVAL_VALUES, bootstrap_ci  # noqa: E402
 
 MAX_EPISODE_STEPS = 100_000  # the env's own time limit ends episodes first
@@ -152,32 +154,52 @@ def train_command(args, agent: str, seed: int, logdir: Path) -> list:
             *merge_flags(protocol, setting_flags, args.overrides)]
 
 
+class RunFailed(Exception):
+    """A training run crashed (not a user error): one line naming its log, exit status 1."""
+
+
 def read_metrics(logdir: Path) -> list:
-    """The rows of ``metrics.jsonl``; a half-written last line (a crash) is skipped."""
+    """The records of ``metrics.jsonl``; a line a crash cut short (or any unparseable one) is skipped."""
     rows = []
-    for line in (logdir / "metrics.jsonl").read_text().splitlines():
+    for line in (logdir / "metrics.jsonl").read_text(errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except ValueError:
             continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
     return rows
 
 
+def run_log(logdir: Path) -> Path:
+    """A run's console log: next to its run directory (mwm.train refuses a non-empty folder without a run)."""
+    return logdir.parent / f"{logdir.name}.train.log"
+
+
 def train_run(args, agent: str, seed: int) -> dict:
-    """Train (or finish, or just reopen) one run; its console output goes to <run>/train.log."""
+    """Train (or finish, or just reopen) one run; its console output goes to <run>.train.log."""
     logdir = run_dir(args, agent, seed)
-    logdir.mkdir(parents=True, exist_ok=True)
+    log_path = run_log(logdir)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = train_command(args, agent, seed, logdir)
-    print(f"{agent} seed {seed}: training, log in {logdir / 'train.log'}", flush=True)
+    print(f"{agent} seed {seed}: training, log in {log_path}", flush=True)
     start = time.time()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
-    with open(logdir / "train.log", "ab") as log:
+    with open(log_path, "ab") as log:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
+        log_start = log.tell()
         code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
-        tail = (logdir / "train.log").read_text(errors="replace").splitlines()[-5:]
-        raise SystemExit(f"{agent} seed {seed}: mwm.train exited with {code}; last lines of its log:\n" + "\n".join(tail))
+        with open(log_path, "rb") as log:
+            log.seek(log_start)
+            lines = log.read().decode(errors="replace").splitlines()
+        errors = [line for line in lines if line.startswith("error: ")]
+        if code == 2 and errors:  # mwm.train refused: its one line says what to do
+            raise UserError(f"{agent} seed {seed}: {errors[-1][len('error: '):]}")
+        last = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
+        raise RunFailed(f"{agent} seed {seed}: mwm.train failed with exit status {code} (last line: {last[:200]}): "
+                        f"see the full log in {log_path}")
     rows = read_metrics(logdir)
     evals = sorted({row["step"]: row["eval/return"] for row in rows if row.get("eval/return") is not None}.items())
     speeds = [row["speed/agent_steps_per_s"] for row in rows if row.get("speed/agent_steps_per_s")]
@@ -353,5 +375,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_main(argv=None) -> None:
+    """``main`` as a command: a refused run is one line and exit status 2, a crashed one one line and 1."""
+    from mwm import cli
+
+    def failed_run() -> int:
+        try:
+            return main(argv)
+        except RunFailed as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    cli.run_main(failed_run)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main()

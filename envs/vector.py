@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
+import sys
+import threading
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -149,7 +153,7 @@ class VectorEnv:
         factory = functools.partial(make, self._name, **self._overrides)
         if not self._parallel:
             return SyncVectorEnv([factory] * self._num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
-        worker_factory = functools.partial(_make_in_worker, self._name, self._overrides)
+        worker_factory = functools.partial(_make_in_worker, self._name, self._overrides, os.getpid())
         return AsyncVectorEnv(
             [worker_factory] * self._num_envs,
             shared_memory=True,
@@ -241,14 +245,50 @@ class VectorEnv:
             _kill_workers(env)
 
 
-def _make_in_worker(name: str, overrides: dict) -> gym.Env:
-    """Build an env inside a worker process that leaves Ctrl-C to the main process.
+def _make_in_worker(name: str, overrides: dict, parent: int) -> gym.Env:
+    """Build an env inside a worker process that leaves Ctrl-C to the main process and
+    dies with it.
 
     A terminal's SIGINT reaches the whole process group; the trainer handles it (final
     checkpoint, then it closes the workers), so workers must not die on it first.
+    gymnasium also calls this factory once in the parent itself (to read the spaces):
+    there it must change nothing, or the trainer would ignore Ctrl-C too.
+    A worker whose parent dies (kill -9, the out-of-memory killer) exits at once.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getpid() != parent:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent(parent)
     return make(name, **overrides)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int, poll: float = 1.0) -> None:
+    """Make this process exit when process ``parent`` does.
+
+    On Linux the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG);
+    everywhere a daemon thread also checks once per ``poll`` seconds that the parent is
+    still ours (an orphan is re-parented, so its parent pid changes) and exits if not.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="mwm-parent-watchdog", daemon=True).start()
 
 
 def _kill_workers(env: AsyncVectorEnv) -> None:

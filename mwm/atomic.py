@@ -1,7 +1,9 @@
 """Crash-safe file writes: a file appears under its final name complete or not at all.
 
 Every writer here follows the same recipe: write into a temporary file in the
-destination folder (named ``.<name>.<random>.tmp`` so that listings can ignore it),
+destination folder (named ``.<name>.mwm-tmp-<pid>-<random>.tmp``: hidden, so that
+listings ignore it, and recognisable beyond doubt as ours, so that cleaning up never
+touches a user's file),
 flush and fsync it, ``os.replace`` it over the final name (atomic on POSIX and
 Windows within one file system), then fsync the folder so the rename itself survives
 a power cut. If the disk is full or the folder is not writable, the temporary file is
@@ -9,7 +11,8 @@ removed, the previous file under the final name (if any) is left untouched, and 
 one-line :class:`mwm.errors.UserError` says what to do.
 
 A crash can leave a temporary file behind (never a half-written final name);
-:func:`remove_stale_temp_files` clears them when a run restarts.
+:func:`remove_stale_temp_files` clears them when a run restarts: only names of that
+exact form whose writing process is gone, never any other ``.*.tmp`` file.
 
 This module is a leaf: it imports only the standard library, numpy, torch and
 ``mwm.faults`` (itself standard library only), so every package (``envs``, ``replay``,
@@ -19,6 +22,7 @@ This module is a leaf: it imports only the standard library, numpy, torch and
 import errno
 import io
 import os
+import re
 import tempfile
 from typing import Callable, List, Mapping
 
@@ -38,6 +42,15 @@ _ADVICE = {
     }.items()
     if hasattr(errno, name)
 }
+
+
+TEMP_MARK = ".mwm-tmp-"  # .<final name>.mwm-tmp-<pid>-<random>.tmp
+_TEMP_NAME = re.compile(r"^\.(?P<final>.+)" + re.escape(TEMP_MARK) + r"(?P<pid>\d+)-[a-z0-9_]{6,}\.tmp$")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is the temp file of one of this module's writes (and nobody else's)."""
+    return _TEMP_NAME.match(name) is not None
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -79,7 +92,7 @@ def _atomic_write(path: str, write: Callable[[io.BufferedWriter], object]) -> No
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(
-            prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder
+            prefix="." + os.path.basename(path) + TEMP_MARK + f"{os.getpid()}-", suffix=".tmp", dir=folder
         )
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -90,6 +103,11 @@ def _atomic_write(path: str, write: Callable[[io.BufferedWriter], object]) -> No
         tmp = None
     except OSError as error:
         raise UserError(describe_os_error(error, path)) from error
+    except RuntimeError as error:  # torch.save's zip writer reports a failed write (full disk) this way
+        if "writ" not in str(error).lower():
+            raise
+        raise UserError(f"writing {path} failed ({str(error).splitlines()[0][:200]}): free disk space or check "
+                        "the disk; earlier files are intact") from error
     finally:
         if tmp is not None:
             _remove_quietly(tmp)
@@ -99,17 +117,35 @@ def _atomic_write(path: str, write: Callable[[io.BufferedWriter], object]) -> No
 def remove_stale_temp_files(folder: str) -> List[str]:
     """Delete the temp files that writes interrupted by a crash left in ``folder``.
 
-    Call it only while no other process writes there (the run directory's lock).
-    Returns the names removed; a missing folder has none.
+    Only files named by this module (``.<name>.mwm-tmp-<pid>-<random>.tmp``, regular
+    files, not links) whose writing process no longer runs are removed; any other file,
+    ``.notes.tmp`` included, is left alone. Call it only while no other process writes
+    there (the run directory's lock). Returns the names removed; a missing folder has none.
     """
     if not os.path.isdir(folder):
         return []
     removed = []
     for name in sorted(os.listdir(folder)):
-        if name.startswith(".") and name.endswith(".tmp") and os.path.isfile(os.path.join(folder, name)):
-            _remove_quietly(os.path.join(folder, name))
-            removed.append(name)
+        match = _TEMP_NAME.match(name)
+        full = os.path.join(folder, name)
+        if match is None or os.path.islink(full) or not os.path.isfile(full) or _alive(int(match["pid"])):
+            continue
+        _remove_quietly(full)
+        removed.append(name)
     return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (its temp file may still be being written)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
 
 
 def describe_os_error(error: OSError, path: str) -> str:

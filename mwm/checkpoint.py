@@ -10,7 +10,7 @@ import random
 import re
 import warnings
 import zipfile
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,8 +26,9 @@ def save_checkpoint(directory: str, state: dict, keep: int = 2, step: Optional[i
     ``step`` defaults to ``state["step"]``. A state with a non-finite float tensor is
     refused (``ValueError`` naming its key) before anything is written, so good
     checkpoints are never replaced by diverged weights. Older checkpoints are deleted
-    only after the new one is safely on disk; the one just written is never deleted.
-    Returns the path written.
+    only after the new one is safely on disk, and only those of an earlier step (the new
+    intact file supersedes them); a file of a later step (say, a damaged one from before
+    a resume) is never deleted. Returns the path written.
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
@@ -40,7 +41,7 @@ def save_checkpoint(directory: str, state: dict, keep: int = 2, step: Optional[i
         raise ValueError(f"refusing to save a checkpoint: tensor {bad!r} has NaN or inf values")
     path = os.path.join(directory, f"checkpoint-{int(step)}.pt")
     atomic_torch_save(state, path)
-    older = [p for _, p in list_checkpoints(directory) if os.path.abspath(p) != os.path.abspath(path)]
+    older = [p for s, p in list_checkpoints(directory) if s < int(step)]
     for old in older[: max(len(older) - (keep - 1), 0)]:
         try:
             os.remove(old)
@@ -50,24 +51,32 @@ def save_checkpoint(directory: str, state: dict, keep: int = 2, step: Optional[i
 
 
 def load_latest(
-    directory: str, map_location="cpu", weights_only: bool = True
+    directory: str, map_location="cpu", weights_only: bool = True, check: Optional[Callable[[object], None]] = None
 ) -> Tuple[Optional[dict], Optional[str]]:
     """The newest readable checkpoint in ``directory`` as ``(state, path)``, or ``(None, None)``.
 
     Every file's zip CRCs are checked first: a truncated or garbled file is skipped
-    with a warning naming it (and left in place) and the next older one is tried.
-    Errors that are not file damage (a state holding classes that ``weights_only``
-    refuses) are raised.
+    with a warning naming it (and left in place) and the next older one is tried. So is
+    an intact zip that ``torch.load`` cannot read (not a checkpoint, or one holding
+    classes that ``weights_only`` refuses), and one whose state ``check`` rejects by
+    raises (a checkpoint that is not this program's, or not this run's).
     """
     for _, path in reversed(list_checkpoints(directory)):
+        reason = None
         if not _is_intact_zip(path):
-            warnings.warn(
-                f"skipping damaged checkpoint {path} (truncated or failed its CRC check);"
-                " trying an older one",
-                stacklevel=2,
-            )
+            reason = "truncated or failed its CRC check"
+        else:
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=weights_only)
+                if check is not None:
+                    check(state)
+            except Exception as error:  # pickle, zip layout, unknown classes, a foreign state ...
+                reason = f"not a checkpoint of this run: {type(error).__name__}: {str(error).splitlines()[0][:120]}" \
+                    if str(error) else f"not a checkpoint of this run: {type(error).__name__}"
+        if reason is not None:
+            warnings.warn(f"skipping damaged checkpoint {path} ({reason}); trying an older one", stacklevel=2)
             continue
-        return torch.load(path, map_location=map_location, weights_only=weights_only), path
+        return state, path
     return None, None
 
 

@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def make_parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, description=description, epilog=epilog,
+    parser = _Parser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True, help="env name: atari_<game>, dmc_<domain>_<task> or toy_catch")
     parser.add_argument("--preset", default="default", help="network sizes: tiny (tests), small (CPU), default (paper, GPU)")
@@ -51,15 +51,60 @@ def split_overrides(rest: Sequence[str]) -> List[str]:
     return out
 
 
+# Config keys that a named flag sets and that choose the config blocks themselves: never dotted.
+NAMED_ONLY = {"run.env": "--env", "run.agent": "--agent", "run.preset": "--preset", "probe.method": "--method"}
+
+
+def _named_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> dict:
+    """flag -> every value given for each named flag that takes a value, in order."""
+    flags = {option for action in parser._actions if action.nargs is None and action.option_strings
+             for option in action.option_strings if option.startswith("--")}
+    found: dict = {}
+    for i, token in enumerate(argv):
+        name, sep, value = token.partition("=")
+        if name in flags:
+            if not sep:
+                value = argv[i + 1] if i + 1 < len(argv) else None
+            found.setdefault(name, []).append(value)
+    return found
+
+
+def _check_once(parser: argparse.ArgumentParser, argv: Sequence[str], overrides: Sequence[str]) -> None:
+    """Refuse a setting given twice with different values (one would silently win)."""
+    for flag, values in _named_values(parser, argv).items():
+        if len(set(values)) > 1:
+            raise UserError(f"{flag} is given {len(values)} times ({', '.join(map(str, values))}): pass it once")
+    seen: dict = {}
+    named = {key: f"--{flag}" for flag, key in SHORTCUTS.items()}
+    for i, item in enumerate(overrides):
+        key, _, value = item.partition("=")
+        if key in NAMED_ONLY:
+            raise UserError(f"--{key} cannot be set as a config key (it chooses the config blocks): "
+                            f"use {NAMED_ONLY[key]} instead")
+        if key in seen and seen[key] != value:
+            flags = {named.get(key, f"--{key}"), f"--{key}"}
+            raise UserError(f"{key} is given twice ({seen[key]!r} and {value!r}, by {' and '.join(sorted(flags))}): "
+                            "pass it once")
+        seen[key] = value
+
+
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Tuple[argparse.Namespace, List[str]]:
-    """Named flags plus overrides; named flags become overrides of their config keys."""
-    args, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    """Named flags plus overrides; named flags become overrides of their config keys.
+
+    A setting given twice with different values (``--env a --env b``, ``--seed 1
+    --run.seed 2``) is refused, as is the dotted form of a key that a named flag owns
+    (``--run.env``: use ``--env``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = parser.parse_known_args(argv)
     overrides = []
     for flag, key in SHORTCUTS.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return args, overrides + split_overrides(rest)
+    overrides += split_overrides(rest)
+    _check_once(parser, argv, overrides)
+    return args, overrides
 
 
 def run_main(main: Callable[[], int]) -> None:

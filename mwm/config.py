@@ -384,7 +384,9 @@ def build(env: str, agent: str = "mwm", preset: str = "default", overrides: Sequ
     """Merge the YAML blocks for (env, agent, preset) and the dotted overrides.
 
     ``overrides`` are ``key=value`` strings (``rssm.deter=600``); values are parsed as
-    YAML, so ``true``, ``3``, ``1e-4`` and ``[64,64]`` get their natural types.
+    YAML, so ``true``, ``3``, ``1e-4`` and ``[64,64]`` get their natural types, except
+    for keys of type str (paths, names), whose text is taken as it is: ``--logdir 0x10``
+    is the folder ``0x10``, not ``16``.
     """
     if agent not in AGENTS:
         raise UserError(f"unknown agent '{agent}'; choose one of {', '.join(AGENTS)}")
@@ -406,12 +408,31 @@ def build(env: str, agent: str = "mwm", preset: str = "default", overrides: Sequ
             raise UserError(f"override '{item}' must look like key=value (e.g. rssm.deter=600)")
         if key not in valid_keys():
             raise UserError(f"unknown config key '{key}' (command line){_nearest(key)}")
-        cfg = _merge(cfg, _nested(key, _parse_value(value)), "command line")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode (LC_ALL=C and a non-ASCII path)
+            shown = value.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+            raise UserError(f"the value of {key} ({shown}) holds characters this locale cannot read "
+                            f"(LC_ALL/LANG={os.environ.get('LC_ALL') or os.environ.get('LANG') or 'unset'}): "
+                            "set a UTF-8 locale (e.g. LC_ALL=C.UTF-8) or use ASCII characters") from None
+        cfg = _merge(cfg, _nested(key, value if _field_type(key) is str else _parse_value(value)), "command line")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"config key '{missing[0]}' has no value: set it with --{missing[0]} VALUE")
     validate(cfg)
     return cfg
+
+
+def _field_type(key: str) -> Any:
+    """The schema type of a dotted key (``str``, ``int``, ``List[int]`` ...), None if unknown."""
+    node: Any = Config
+    for part in key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return None
+        f = fields[part]
+        node = f.default_factory if f.default_factory is not dataclasses.MISSING else f.type
+    return {"str": str, "int": int, "float": float, "bool": bool}.get(node, node) if isinstance(node, str) else node
 
 
 def _parse_value(text: str) -> Any:
@@ -438,6 +459,7 @@ def _check(cond: bool, key: str, message: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Value checks the types alone cannot express; each names its key."""
     r, e, m = cfg.run, cfg.env, cfg.mae
+    _check(0 <= r.seed < 2**31, "run.seed", f"must be a whole number in [0, 2**31), got {r.seed}")
     _check(r.steps > 0, "run.steps", f"must be positive, got {r.steps}")
     _check(r.envs > 0, "run.envs", f"must be positive, got {r.envs}")
     _check(r.prefill >= 0, "run.prefill", f"must be >= 0, got {r.prefill}")

@@ -40,6 +40,7 @@ class Logger:
     ):
         try:
             os.makedirs(logdir, exist_ok=True)
+            drop_torn_tail(os.path.join(logdir, "metrics.jsonl"))
             self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
         except OSError as error:
             raise UserError(
@@ -195,6 +196,38 @@ class Progress:
         else:
             self._stream.write(line + "\n")
         self._stream.flush()
+
+
+def drop_torn_tail(path: str) -> int:
+    """Cut a last line that a crash left without its newline (a half record) off ``path``.
+
+    Appending after it would glue the next record onto the fragment. Returns the bytes cut.
+    """
+    try:
+        f = open(path, "rb+")
+    except FileNotFoundError:
+        return 0
+    with f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        end = size
+        while end > 0:  # find the last newline, reading backwards
+            start = max(0, end - 65536)
+            f.seek(start)
+            chunk = f.read(end - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                end = start + cut + 1
+                break
+            end = start
+        f.truncate(end)
+    print(f"warning: {path} ended in a half-written line (a crash); dropped its {size - end} bytes",
+          file=sys.stderr)
+    return size - end
 
 
 def format_line(step: int, scalars: Dict[str, float], limit: int = 8) -> str:

@@ -49,7 +49,7 @@ class NonFiniteGuard:
         print(f"warning: non-finite loss or gradient at step {step} ({flags}): update skipped "
               f"({self.in_row} in a row, limit {self.limit})", file=sys.stderr)
         if self.in_row >= self.limit:
-            raise TrainingDiverged(f"{self.in_row} non-finite updates in a row at step {step}: the run stopped and "
-                                   "the last checkpoint holds finite weights; lower the learning rates or check "
-                                   "the inputs, then re-run to resume")
+            raise TrainingDiverged(f"{self.in_row} non-finite updates in a row at step {step}: the run stopped; "
+                                   "lower the learning rates (they may change when a run resumes) or check "
+                                   "the inputs, then re-run")
         return metrics

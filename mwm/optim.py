@@ -11,8 +11,9 @@ from torch import nn
 
 from mwm.errors import UserError
 
-# Adam param-group keys that describe how an update is computed, not training state.
-_FORM_KEYS = ("lr", "weight_decay", "fused", "capturable", "foreach", "differentiable")
+# Adam param-group keys that describe how an update is computed, not training state; they
+# come from the config, not the checkpoint (so optimiser settings may change on resume).
+_FORM_KEYS = ("lr", "weight_decay", "fused", "capturable", "foreach", "differentiable", "eps", "betas")
 
 
 class Optimizer:

@@ -32,10 +32,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser = cli.make_parser("python -m mwm.probe", "Train a representation alone and probe what it keeps.", EPILOG)
     parser.add_argument("--method", default="mwm",
                         help="mwm (default), mae, simmim, siammae, dreamerv2, curl or random")
-    args, overrides = cli.parse(parser, argv)
-    overrides = [f"probe.method={args.method}"] + overrides
-    args.method = [o.split("=", 1)[1] for o in overrides if o.startswith("probe.method=")][-1]
-    return args, overrides
+    args, overrides = cli.parse(parser, argv)  # refuses --probe.method: --method sets it
+    return args, [f"probe.method={args.method}"] + overrides
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -55,12 +53,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mwm.probes.experiment import check_probe_config, load_frames, run_probe
 
     check_probe_config(cfg.probe)
+    from mwm.limits import check_batch_memory
+
+    check_batch_memory(cfg)  # a batch larger than the machine's memory: refused before any work
     # Frames come from MWM's env settings whatever the method (CURL's Atari block would
     # switch to 84x84 grey), so every method is probed on the same kind of data.
     data_cfg = config_lib.build(args.env, "mwm", args.preset, overrides)
     if (logdir / "checkpoints").exists() or (logdir / "replay").exists():
         raise UserError(f"logdir '{logdir}' holds a training run: pass another --logdir for the probe "
                         f"(--probe.replay {logdir} reads that run's frames)")
+    if logdir.is_dir() and not (logdir / "config.yaml").is_file() and any(logdir.iterdir()):
+        raise UserError(f"logdir '{logdir}' is not empty and holds no probe run: pass a new or empty --logdir")
     frames = load_frames(data_cfg, device)  # bad envs, replays and policies fail here, before any write
     logdir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, logdir / "config.yaml")

@@ -30,6 +30,7 @@ import torch
 from mwm import cli
 from mwm.errors import UserError
 from mwm.faults import maybe_kill
+from mwm.nonfinite import TrainingDiverged
 from mwm.run_dir import RunDir, prepare_run
 from mwm.runtime import Every, seed_everything
 
@@ -97,6 +98,31 @@ def disk_error(error: OSError, fallback: object) -> UserError:
     return UserError(describe_os_error(error, str(error.filename or fallback)))
 
 
+# The learning-rate keys of each agent's optimisers (all may change on resume, mwm/run_dir.py).
+LR_KEYS = {"mwm": ("mae.lr", "wm.lr", "ac.actor_lr", "ac.critic_lr"),
+           "dreamerv2": ("wm.lr", "ac.actor_lr", "ac.critic_lr"),
+           "siammae": ("mae.lr", "wm.lr", "ac.actor_lr", "ac.critic_lr"),
+           "curl": ("curl.lr", "curl.actor_lr", "curl.critic_lr", "curl.encoder_lr")}
+
+
+def divergence_advice(run: RunDir) -> str:
+    """What to do after too many non-finite updates, true to what is on disk."""
+    from mwm.checkpoint import list_checkpoints
+
+    from omegaconf import OmegaConf
+
+    cfg = run.cfg
+    flags = " ".join(f"--{key} {float(OmegaConf.select(cfg, key)) / 2:.3g}" for key in LR_KEYS[cfg.run.agent])
+    files = list_checkpoints(str(run.checkpoints))
+    if files:
+        step, path = files[-1]
+        return (f"the run stopped and {path} (step {step}) is kept: re-run the same command with lower learning "
+                f"rates to resume from it (e.g. half: {flags}), or check the inputs")
+    return ("the run stopped before its first checkpoint, so it will start from step 0 again: re-run the same "
+            f"command with lower learning rates (e.g. half: {flags}), or check the inputs")
+
+
+
 def log_media(logger, media: dict) -> None:
     """Arrays (H, W, C) are images, (T, H, W, C) videos."""
     for name, array in media.items():
@@ -160,18 +186,37 @@ def train(run: RunDir, stop: StopFlag) -> int:
     from mwm.collect import Collector, random_actions
     from mwm.logger import Logger, Progress
     from mwm.nonfinite import CUDA_READ_EVERY, NonFiniteGuard
+    from mwm.limits import check_model
     from replay import Replay
 
     cfg, r = run.cfg, run.cfg.run
     seed_everything(r.seed)
     device = run.device
-    replay = Replay(run.path / "replay", capacity=cfg.replay.capacity, seed=r.seed)
-    replay.load()
-    env = VectorEnv(r.env, r.envs, seed=r.seed, parallel=r.parallel, **run.env_kwargs())
-    eval_env = VectorEnv(r.env, 1, seed=r.seed + 10_000, parallel=False, **run.env_kwargs()) if r.eval_every else None
-    agent = make_agent(cfg, env.obs_space, env.act_space, device)
-    counters = run.restore(agent)
-    logger = Logger(run.path)
+    # Build everything the config implies before the run directory records it (run.commit()):
+    # a start that fails here leaves the directory as it was.
+    env = eval_env = agent = None
+    try:
+        env = VectorEnv(r.env, r.envs, seed=r.seed, parallel=r.parallel, **run.env_kwargs())
+        replay = Replay(run.path / "replay", capacity=cfg.replay.capacity, seed=r.seed)
+        replay.load(image_shape=env.obs_space["image"].shape)  # episodes of another image shape: refused
+        if r.eval_every:
+            eval_env = VectorEnv(r.env, 1, seed=r.seed + 10_000, parallel=False, **run.env_kwargs())
+        try:
+            agent = make_agent(cfg, env.obs_space, env.act_space, device)
+        except (ValueError, TypeError) as error:  # model code names the bad value; the config set it
+            raise UserError(f"cannot build the {r.agent} agent from this config ({error}): change the flag "
+                            "that sets it") from error
+        check_model(cfg, agent, device)
+        counters = run.restore(agent)
+        run.commit()
+        logger = Logger(run.path)
+    except BaseException:
+        for item in (env, eval_env):
+            if item is not None:
+                item.close()
+        if agent is not None and hasattr(agent, "close"):
+            agent.close()
+        raise
     collector = Collector(env, replay, agent, logger, episodes=counters["episodes"])
     guard = NonFiniteGuard(r.max_nonfinite, read_every=CUDA_READ_EVERY if device.type == "cuda" else 1)
     rng = np.random.default_rng(r.seed + counters["step"])
@@ -265,6 +310,8 @@ def train(run: RunDir, stop: StopFlag) -> int:
         if error.errno not in DISK_ERRNOS:
             raise
         raise disk_error(error, run.path) from error
+    except TrainingDiverged as error:
+        raise TrainingDiverged(f"{error.args[0].split(':')[0]}: {divergence_advice(run)}") from None
     finally:
         progress.close()
         collector.close()

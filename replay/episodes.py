@@ -118,6 +118,11 @@ def validate_episode(episode: Episode) -> None:
         raise ValueError("is_first is False at the episode's first step")
     if episode["image"].dtype != np.uint8:
         raise ValueError(f"image dtype is {episode['image'].dtype}, expected uint8")
+    for key in ("reward", "action"):  # NaN or inf here would poison every update that samples it
+        value = np.asarray(episode[key])
+        if np.issubdtype(value.dtype, np.number) and not np.isfinite(value).all():
+            step = int(np.argmax(~np.isfinite(value).reshape(len(value), -1).all(1)))
+            raise ValueError(f"{key} holds NaN or inf at step {step}")
 
 
 def to_protocol_dtypes(episode: Episode) -> Episode:

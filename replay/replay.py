@@ -139,12 +139,15 @@ class Replay:
 
     # ------------------------------------------------------------------ loading
 
-    def load(self, max_steps: Optional[int] = None) -> int:
+    def load(self, max_steps: Optional[int] = None, image_shape=None) -> int:
         """Reload the newest episode files into RAM, up to the capacity (and ``max_steps``).
 
         Files already in RAM are not loaded twice; unreadable or invalid files are
-        skipped with a warning naming them (never deleted). Returns the total steps
-        of all episode files on disk, as recorded in their names.
+        skipped with a warning naming them (never deleted), as are files whose layout
+        differs from the newest one loaded. With ``image_shape`` (the env's (H, W, C)),
+        an episode of another image shape is a UserError naming it: those files belong
+        to another run. Returns the total steps of all episode files on disk, as
+        recorded in their names.
         """
         files = list_episode_files(self.directory)
         budget = self.capacity - self.num_steps
@@ -158,8 +161,14 @@ class Replay:
                 break
             try:
                 episode = load_episode(file.path, expected_length=file.length)
+                if image_shape is not None and tuple(episode["image"].shape[1:]) != tuple(image_shape):
+                    raise UserError(f"episode file {file.path} holds images of shape "
+                                    f"{tuple(episode['image'].shape[1:])} but the env renders {tuple(image_shape)}: "
+                                    "move the episodes of another run out of this replay folder, or use a new --logdir")
                 with self._lock:
                     self._store.check_compatible(episode)
+                if chosen and episode_spec(episode) != episode_spec(chosen[0][1]):
+                    raise ValueError("its keys, shapes or dtypes differ from the newer episodes'")
             except (EpisodeFileError, ValueError) as error:
                 warnings.warn(f"skipping episode file {file.path}: {error}", stacklevel=2)
                 self._skipped_files += 1

@@ -18,6 +18,18 @@ TINY_RUN = ["--env", "toy_catch", "--preset", "tiny", "--run.envs", "1", "--run.
             "--run.checkpoint_every", "10", "--run.log_every", "10", "--run.report_every", "0"]
 
 
+def override(flags: Sequence[str], *pairs: str) -> List[str]:
+    """``flags`` (pairs ``--flag value``) with the values of ``pairs`` put in place of theirs,
+    or appended: the command line refuses a flag given twice with different values."""
+    out = list(flags)
+    for name, value in zip(pairs[::2], pairs[1::2]):
+        if name in out[::2]:
+            out[out[::2].index(name) * 2 + 1] = value
+        else:
+            out += [name, value]
+    return out
+
+
 def child_env(**extra: str) -> Dict[str, str]:
     """Environment for a child ``python -m mwm.train``: unbuffered, one thread, no fault unless asked."""
     env = {k: v for k, v in os.environ.items() if k != "MWM_KILL_AT"}

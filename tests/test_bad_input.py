@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ TRAIN_ROWS = [
     ("flag-unknown", ["--stepz", "10"], ["--stepz", "--help"]),
     ("positional", ["toy_catch"], ["unknown argument 'toy_catch'"]),
     ("flag-no-value", ["--rssm.deter"], ["--rssm.deter", "needs a value"]),
-    ("type-int", ["--run.steps", "abc"], ["run.steps", "abc"]),
+    ("type-int", ["--steps", "abc"], ["run.steps", "abc"]),
     ("type-float-for-int", ["--run.envs", "1.5"], ["run.envs", "1.5"]),
     ("type-float", ["--mae.lr", "fast"], ["mae.lr", "fast"]),
     ("type-bool", ["--run.parallel", "maybe"], ["run.parallel", "maybe"]),
@@ -81,6 +82,37 @@ TRAIN_ROWS = [
     ("resume-other-env", ["--env", "atari_pong"], ["run.env", "toy_catch", "atari_pong"]),
     ("resume-other-preset", ["--preset", "small"], ["run.preset", "tiny", "small"]),
     ("config-damaged", ["--logdir", "{broken}"], ["config.yaml", "unreadable", "new --logdir"]),
+    # out-of-range values that used to end in a traceback (or a run directory locked to them)
+    ("seed-negative", ["--seed", "-1"], ["run.seed", "-1"]),
+    ("seed-huge", ["--seed", "99999999999"], ["run.seed", "99999999999"]),
+    # keys the command line sets by name: not also as dotted keys; a setting given once
+    ("env-dotted", ["--run.env", "atari_pong"], ["--run.env", "use --env"]),
+    ("agent-dotted", ["--run.agent", "curl"], ["--run.agent", "use --agent"]),
+    ("preset-dotted", ["--run.preset", "small"], ["--run.preset", "use --preset"]),
+    ("seed-twice", ["--seed", "1", "--run.seed", "2"], ["run.seed", "twice", "once"]),
+    ("logdir-twice", ["--run.logdir", "{new}"], ["run.logdir", "twice", "once"]),
+    ("key-twice", ["--rssm.deter", "8", "--rssm.deter=9"], ["rssm.deter", "twice", "once"]),
+    ("env-twice", ["--env", "atari_pong"], ["--env", "2 times", "toy_catch, atari_pong", "once"]),
+    ("preset-twice", ["--preset=small"], ["--preset", "2 times", "once"]),
+    # logdirs that are not a run: user files are never adopted (nor cleaned up), a run's
+    # folders must be folders
+    ("logdir-user-files", ["--logdir", "{notes}"], ["not empty", "holds no run", "new or empty --logdir"]),
+    ("logdir-run-without-config", ["--logdir", "{orphan}"], ["replay/", "no config.yaml", "restore"]),
+    ("checkpoints-a-file", ["--logdir", "{odd}"], ["checkpoints", "not a folder"]),
+    ("logdir-home", ["--logdir", "{notes}/../notes"], ["not empty"]),
+    # limits checked before they bite
+    ("capacity-below-episode", ["--logdir", "{new}", "--replay.capacity", "5"],
+     ["replay.capacity", "--replay.capacity"]),
+    ("capacity-below-sequence", ["--logdir", "{new}", "--replay.capacity", "7", "--env.time_limit", "0"],
+     ["replay.capacity", "replay.length"]),
+    ("sequence-beyond-episode", ["--logdir", "{new}", "--replay.length", "100"], ["replay.length", "env.time_limit"]),
+    ("mae-sequence-beyond-episode", ["--logdir", "{new}", "--mae.length", "50"], ["mae.length", "env.time_limit"]),
+    ("eval-episodes-zero", ["--logdir", "{new}", "--run.eval_every", "10", "--run.eval_episodes", "0"],
+     ["run.eval_episodes", "--run.eval_every 0"]),
+    ("batch-huge", ["--logdir", "{new}", "--replay.batch", "100000000"], ["more memory", "--replay.batch"]),
+    ("mae-batch-huge", ["--logdir", "{new}", "--mae.batch", "100000000"], ["more memory", "mae.batch"]),
+    ("envs-far-too-many", ["--logdir", "{new}", "--run.envs", "1000", "--run.parallel", "true"],
+     ["run.envs 1000", "cores"]),
 ]
 if sys.platform.startswith("linux"):  # folders even root cannot write into
     TRAIN_ROWS += [("logdir-unwritable-sys", ["--logdir", "/sys/mwm-test-run"], ["cannot create logdir", "--logdir"]),
@@ -98,6 +130,8 @@ PROBE_ROWS = [
     ("probe-preset", ["--preset", "huge"], ["unknown preset 'huge'"]),
     ("probe-device", ["--device", "cuda:7"], ["cuda:7"]),
     ("probe-logdir-file", ["--logdir", "{file}"], ["is a file"]),
+    ("probe-batch-huge", ["--mae.batch", "100000000"], ["more memory", "mae.batch"]),
+    ("probe-seed-negative", ["--seed", "-3"], ["run.seed", "-3"]),
 ]
 # Refused after the frames' source is opened (the env is built, the replay read), still
 # before anything is written.
@@ -106,6 +140,22 @@ PROBE_LATE_ROWS = [
     ("probe-replay-missing", ["--probe.replay", "{new}-frames"], ["probe.replay", "no episode files"]),
     ("probe-policy-not-a-run", ["--probe.policy", "{file}"], ["probe.policy"]),
     ("probe-into-a-training-run", ["--logdir", "{run}"], ["holds a training run", "--probe.replay"]),
+    ("probe-into-user-files", ["--logdir", "{notes}"], ["not empty", "new or empty --logdir"]),
+    ("probe-method-dotted", ["--probe.method", "mae"], ["--probe.method", "use --method"]),
+    # every source is checked against --env and the image shape
+    ("probe-replay-other-env", ["--env", "atari_pong", "--probe.replay", "{run}"],
+     ["probe.replay", "toy_catch", "not atari_pong", "--env toy_catch"]),
+    ("probe-replay-folder-other-env", ["--env", "atari_pong", "--probe.replay", "{run}/replay"],
+     ["probe.replay", "toy_catch", "not atari_pong"]),
+    ("probe-replay-bare-other-suite", ["--env", "dmc_cartpole_swingup", "--probe.replay", "{bare}"],
+     ["probe.replay", "dmc_cartpole_swingup"]),
+    ("probe-replay-bare-other-size", ["--env", "atari_pong", "--env.size", "[32,32]", "--probe.replay", "{bare}"],
+     ["probe.replay", "shape (64, 64, 3)", "(32, 32, 3)"]),
+    ("probe-replay-junk-config", ["--probe.replay", "{junk}"], ["probe.replay", "config.yaml", "unreadable"]),
+    ("probe-policy-junk-config", ["--probe.policy", "{junk}"], ["probe.policy", "config.yaml", "unreadable"]),
+    ("probe-policy-other-env", ["--env", "atari_pong", "--probe.policy", "{run}"],
+     ["probe.policy", "toy_catch", "not atari_pong"]),
+    ("probe-policy-damaged-checkpoints", ["--probe.policy", "{damaged}"], ["probe.policy", "no intact checkpoint"]),
 ]
 
 
@@ -124,16 +174,35 @@ def places(tmp_path_factory):
     (root / "file").write_text("not a folder\n")
     (root / "broken").mkdir()
     (root / "broken" / "config.yaml").write_text("run: [unclosed\n  : :\n")
-    return {"run": root / "run", "file": root / "file", "broken": root / "broken"}
+    (root / "notes").mkdir()  # a user's folder: a note named like an old temp file
+    (root / "notes" / ".notes.tmp").write_text("mine\n")
+    shutil.copytree(root / "run" / "replay", root / "orphan" / "replay")  # a run whose config.yaml was deleted
+    (root / "odd").mkdir()
+    (root / "odd" / "checkpoints").write_text("a file where the run keeps its checkpoints\n")
+    shutil.copytree(root / "run" / "replay", root / "bare")  # episodes without their run
+    shutil.copytree(root / "run" / "replay", root / "junk" / "replay")  # a run with a junk config
+    (root / "junk" / "config.yaml").write_bytes(b"\x00\xff junk: [")
+    shutil.copytree(root / "run", root / "damaged")  # every checkpoint damaged
+    for path in (root / "damaged" / "checkpoints").glob("checkpoint-*.pt"):
+        path.write_bytes(path.read_bytes()[:200])
+    return {name: root / name for name in ("run", "file", "broken", "notes", "orphan", "odd", "bare", "junk",
+                                           "damaged")}
 
 
 def fill(flags, places, new: Path) -> list:
-    return [f.format(run=places["run"], file=places["file"], broken=places["broken"], new=new) for f in flags]
+    return [f.format(new=new, **places) for f in flags]
+
+
+def with_flags(base: list, flags: list) -> list:
+    """``base`` (pairs ``--flag value``) less the pairs whose flag ``flags`` sets, then ``flags``."""
+    given = {flag.split("=", 1)[0] for flag in flags if flag.startswith("--")}
+    kept = [item for name, value in zip(base[::2], base[1::2]) if name not in given for item in (name, value)]
+    return kept + flags
 
 
 def refuse(entry, argv, capsys, places, new, needles) -> str:
     """Run ``entry`` in-process; assert status 2, one line naming ``needles``, nothing written."""
-    watched = [places["run"], places["broken"]]
+    watched = [places[name] for name in ("run", "broken", "notes", "orphan", "odd", "junk", "damaged")]
     before = [snapshot(path) for path in watched]
     with pytest.raises(SystemExit) as exit_info:
         cli.run_main(lambda: entry(argv))
@@ -158,7 +227,9 @@ def no_training(monkeypatch):
 @pytest.mark.parametrize("flags,needles", [row[1:] for row in TRAIN_ROWS], ids=[row[0] for row in TRAIN_ROWS])
 def test_train_refuses(flags, needles, places, tmp_path, capsys, no_training):
     new = tmp_path / "new"
-    argv = RUN + ["--logdir", str(places["run"])] + fill(flags, places, new)
+    argv = with_flags(RUN + ["--logdir", str(places["run"])], fill(flags, places, new))
+    if "once" in needles:  # the row's point is the repetition
+        argv = RUN + ["--logdir", str(places["run"])] + fill(flags, places, new)
     refuse(train_mod.main, argv, capsys, places, new, needles)
 
 
@@ -191,13 +262,76 @@ def test_train_refuses_a_read_only_logdir(places, tmp_path, capsys, no_training)
                          ids=[row[0] for row in PROBE_ROWS + PROBE_LATE_ROWS])
 def test_probe_refuses(flags, needles, places, tmp_path, capsys):
     new = tmp_path / "new"
-    argv = ["--env", "toy_catch", "--preset", "tiny", "--logdir", str(new)] + fill(flags, places, new)
+    argv = with_flags(["--env", "toy_catch", "--preset", "tiny", "--logdir", str(new)], fill(flags, places, new))
     refuse(probe_mod.main, argv, capsys, places, new, needles)
 
 
 def test_probe_refuses_and_leaves_an_existing_directory_alone(places, tmp_path, capsys):
     argv = ["--env", "toy_catch", "--preset", "tiny", "--logdir", str(places["run"]), "--probe.seeds", "0"]
     refuse(probe_mod.main, argv, capsys, places, tmp_path / "new", ["probe.seeds"])
+
+
+def test_a_path_is_a_path():
+    """String keys (paths, names) take the text as given, never YAML: 0x10 is not 16, yes not True."""
+    from mwm import config as config_lib
+
+    for text in ("0x10", "yes", "-", "~", "1e3", "[a]", "null", "a: b"):
+        args, overrides = train_mod.parse_args(["--env", "toy_catch", "--logdir", text, "--probe.replay", text])
+        cfg = config_lib.build(args.env, args.agent, "tiny", overrides)
+        assert cfg.run.logdir == text and cfg.probe.replay == text
+    assert config_lib.build("toy_catch", "mwm", "tiny", ["run.device=cpu", "rssm.deter=0x10"]).rssm.deter == 16
+
+
+def test_a_path_the_locale_cannot_read_is_one_line(capsys, tmp_path):
+    """LC_ALL=C without UTF-8 mode: non-ASCII bytes arrive as surrogates (a YAML traceback before)."""
+    logdir = str(tmp_path) + "/\udcc3\udca9preuve"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(lambda: train_mod.main(RUN + ["--logdir", logdir]))
+    assert exit_info.value.code == 2
+    one_error_line(capsys.readouterr().err, ["run.logdir", "locale", "LC_ALL=C.UTF-8"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def main_code(argv) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(lambda: train_mod.main(argv))
+    return exit_info.value.code
+
+
+def test_a_failed_start_leaves_the_logdir_as_it_was(tmp_path, capsys, monkeypatch):
+    """An error raised after the run directory is opened (building the agent here) writes no
+    config.yaml and removes what the start created, so the corrected command then runs."""
+    import agents
+
+    def bad_agent(*args, **kwargs):
+        raise ValueError("mae.width must be divisible by mae.heads")
+
+    monkeypatch.setattr(agents, "make_agent", bad_agent)
+    new, empty = tmp_path / "new" / "run", tmp_path / "empty"
+    empty.mkdir()
+    for logdir in (new, empty):
+        before = snapshot(logdir)
+        assert main_code(RUN + ["--logdir", str(logdir)]) == 2
+        one_error_line(capsys.readouterr().err, ["cannot build the mwm agent", "mae.width"])
+        assert snapshot(logdir) == before
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    assert main_code(RUN + ["--logdir", str(new), "--seed", "3"]) == 0  # another seed: not "a different run"
+    assert (new / "config.yaml").is_file() and (new / "checkpoints" / "checkpoint-20.pt").is_file()
+
+
+def test_replay_episodes_of_another_image_shape_are_one_line(places, tmp_path, capsys):
+    from replay.episodes import list_episode_files, load_episode, save_episode
+
+    run = tmp_path / "run"
+    shutil.copytree(places["run"], run)
+    episode = load_episode(list_episode_files(str(run / "replay"))[0].path)
+    episode["image"] = episode["image"][:, :32, :32]
+    save_episode(str(run / "replay"), episode, 99)
+    before = snapshot(run)
+    assert main_code(RUN + ["--logdir", str(run)]) == 2
+    one_error_line(capsys.readouterr().err, ["-99-", "shape (32, 32, 3)", "(64, 64, 3)", "move"])
+    assert snapshot(run) == before
 
 
 def test_the_table_is_large_enough():

@@ -32,6 +32,7 @@ from helpers_runs import (
     load_counters,
     metrics_rows,
     one_error_line,
+    override,
     run_and_signal,
     run_train,
     temp_files,
@@ -286,8 +287,8 @@ def poison_mae_loss(monkeypatch, bad_calls) -> list:
 def test_a_few_nonfinite_updates_are_skipped_logged_and_survived(tmp_path, monkeypatch, capsys, restore_signals):
     poison_mae_loss(monkeypatch, (1, 2))
     logdir = tmp_path / "run"
-    argv = ["--logdir", str(logdir), *TINY_RUN, "--steps", "25", "--run.prefill", "20", "--run.pretrain", "4",
-            "--run.max_nonfinite", "3"]
+    argv = ["--logdir", str(logdir), *override(TINY_RUN, "--steps", "25", "--run.prefill", "20", "--run.pretrain", "4",
+                                               "--run.max_nonfinite", "3")]
     assert main_exit_code(argv) == 0
     assert capsys.readouterr().err.count("update skipped") == 2
     assert metrics_rows(logdir)[-1]["train/nonfinite_total"] == 2
@@ -299,8 +300,8 @@ def test_a_few_nonfinite_updates_are_skipped_logged_and_survived(tmp_path, monke
 def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path, monkeypatch, capsys, restore_signals):
     calls = poison_mae_loss(monkeypatch, (1, 2, 4, 5, 6))
     logdir = tmp_path / "run"
-    argv = ["--logdir", str(logdir), *TINY_RUN, "--steps", "40", "--run.prefill", "20", "--run.pretrain", "8",
-            "--run.max_nonfinite", "3"]
+    argv = ["--logdir", str(logdir), *override(TINY_RUN, "--steps", "40", "--run.prefill", "20", "--run.pretrain", "8",
+                                               "--run.max_nonfinite", "3")]
     checkpoint_10 = None
 
     def remember(point, tag):
@@ -314,10 +315,38 @@ def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path, monkeypatch, 
     skipped = [line for line in err.splitlines() if "update skipped" in line]
     assert len(skipped) == 5 and "mae/nonfinite" in skipped[0]  # 2 in a row, a good one, then 3
     assert "(3 in a row, limit 3)" in skipped[-1]
-    assert err.strip().splitlines()[-1].startswith("error: 3 non-finite updates in a row")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: 3 non-finite updates in a row")
+    # the advice is true (that checkpoint exists and is kept) and can be followed (see below)
+    assert f"{checkpoint_files(logdir)[10]} (step 10) is kept" in last and "--mae.lr 0.00015" in last, last
     assert len(calls) == 6  # stopped at the third in a row, not later
     assert list(checkpoint_files(logdir)) == [10]  # nothing written after the divergence
     assert hashlib.sha256(checkpoint_files(logdir)[10].read_bytes()).hexdigest() == checkpoint_10
+    # following it: lower learning rates (and other optimiser settings) are accepted on resume
+    from mwm.run_dir import prepare_run
+
+    args, overrides = train_mod.parse_args(argv + ["--mae.lr", "0.00015", "--wm.lr", "1e-4", "--ac.actor_lr",
+                                                   "5e-5", "--mae.eps", "1e-6", "--wm.clip", "50"])
+    prepare_run(args.env, args.agent, args.preset, overrides, check_env=False).close()
+
+
+def test_nonfinite_advice_without_a_checkpoint_says_so(tmp_path):
+    from mwm import config as config_lib
+    from mwm.train import divergence_advice
+
+    cfg = config_lib.build("toy_catch", "dreamerv2", "tiny", [])
+    advice = divergence_advice(RunDir(tmp_path, cfg, torch.device("cpu"), resumed=False))
+    assert "before its first checkpoint" in advice and "start from step 0" in advice and "kept" not in advice
+    assert "--wm.lr" in advice and "--mae.lr" not in advice  # dreamerv2 has no autoencoder
+
+
+def test_optimiser_settings_come_from_the_config_on_resume():
+    from mwm.optim import Optimizer
+
+    old = Optimizer("a", [torch.nn.Parameter(torch.ones(3))], lr=1e-3, eps=1e-5)
+    new = Optimizer("a", [torch.nn.Parameter(torch.ones(3))], lr=2e-4, eps=1e-3)
+    new.load_state_dict(old.state_dict())
+    assert new.adam.param_groups[0]["eps"] == 1e-3 and new.current_lr() == pytest.approx(2e-4)
 
 
 def streak(n: int) -> dict:
@@ -432,3 +461,242 @@ def test_fault_hook_fires_only_on_its_point_and_pattern(monkeypatch):
     assert sent == []
     faults.maybe_kill("write", "checkpoint-10.pt")
     assert sent == [signal.SIGKILL]
+
+
+# --------------------------------------------------------------------------- round two (issue 12)
+
+
+def test_only_our_own_stale_temp_files_are_ever_removed(tmp_path, monkeypatch):
+    """A user's ``.notes.tmp`` (or anything not named by mwm.atomic, or whose writer still
+    runs) is never removed; the writers name their temp files so that this is certain."""
+    import os
+    import subprocess
+    import sys
+
+    from mwm import atomic
+
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    stale = f".checkpoint-10.pt{atomic.TEMP_MARK}{gone.pid}-abcd1234.tmp"
+    keep = [".notes.tmp", ".checkpoint-10.pt.abcd1234.tmp",  # a user's; the old, too general pattern
+            f".config.yaml{atomic.TEMP_MARK}{os.getppid()}-abcd1234.tmp",  # its writer is alive
+            f"notes{atomic.TEMP_MARK}{gone.pid}-abcd1234.tmp",  # not hidden
+            f".a{atomic.TEMP_MARK}{gone.pid}-abcd1234.tmp.bak"]
+    for name in [stale, *keep]:
+        (tmp_path / name).write_text("x")
+    (tmp_path / f".l{atomic.TEMP_MARK}{gone.pid}-abcd1234.tmp").symlink_to(tmp_path / ".notes.tmp")
+    (tmp_path / f".d{atomic.TEMP_MARK}{gone.pid}-abcd1234.tmp").mkdir()
+    assert atomic.remove_stale_temp_files(str(tmp_path)) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        keep + [f".l{atomic.TEMP_MARK}{gone.pid}-abcd1234.tmp", f".d{atomic.TEMP_MARK}{gone.pid}-abcd1234.tmp"])
+
+    seen = []
+    monkeypatch.setattr(atomic, "maybe_kill", lambda point, tag: seen.extend(os.listdir(tmp_path / "w")))
+    atomic.atomic_write_text(str(tmp_path / "w" / "config.yaml"), "a: 1\n")
+    (temp,) = seen
+    assert atomic.is_temp_name(temp) and f"{atomic.TEMP_MARK}{os.getpid()}-" in temp
+
+
+def test_damaged_checkpoints_are_refused_and_never_deleted(tmp_path, capsys, restore_signals):
+    logdir = tmp_path / "run"
+
+    def upto(steps: int) -> list:
+        return override(random_only(logdir, steps=40), "--steps", str(steps))
+
+    assert main_exit_code(upto(20)) == 0
+    # A valid zip that is not a checkpoint of this run, as the newest file: the run falls back
+    # to the intact one before it (no crash) and goes on.
+    torch.save({"weights": torch.ones(3)}, checkpoint_files(logdir)[20])
+    assert main_exit_code(upto(30)) == 0
+    out = capsys.readouterr()
+    assert "skipping damaged checkpoint" in out.err and "checkpoint-20.pt (not a checkpoint" in out.err
+    assert_resumed_from(subprocess_like(out), 10)
+    assert sorted(checkpoint_files(logdir)) == [20, 30]
+    # Every checkpoint damaged: one line naming them, nothing deleted or rewritten.
+    for path in checkpoint_files(logdir).values():
+        path.write_bytes(path.read_bytes()[:300])
+    before = file_hashes(logdir / "checkpoints")
+    for extra in ([], ["--resume"]):
+        assert main_exit_code(upto(40) + extra) == 2
+        one_error_line(capsys.readouterr().err, ["no intact checkpoint", "checkpoint-30.pt, checkpoint-20.pt",
+                                                 "restore", "move them away"])
+        assert file_hashes(logdir / "checkpoints") == before
+
+
+def subprocess_like(captured):
+    """capsys output in the shape the subprocess helpers assert on."""
+    import subprocess
+
+    return subprocess.CompletedProcess([], 0, captured.out, captured.err)
+
+
+def test_rotation_deletes_only_checkpoints_a_newer_intact_one_supersedes(tmp_path):
+    from mwm.checkpoint import save_checkpoint
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "checkpoint-50.pt").write_bytes(b"damaged, from before a resume")
+    for step in (10, 20, 30):
+        save_checkpoint(str(folder), {"w": torch.ones(1)}, step=step)
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-20.pt", "checkpoint-30.pt", "checkpoint-50.pt"]
+
+
+def test_sigint_stops_a_run_with_parallel_envs(tmp_path, monkeypatch, capsys, restore_signals):
+    """gymnasium builds one env in the trainer itself: its worker set-up must not make the
+    trainer ignore Ctrl-C."""
+    def interrupt_at_step_16(point, tag):
+        if point == "step" and tag == 16:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(train_mod, "maybe_kill", interrupt_at_step_16)
+    argv = override(random_only(tmp_path / "run", steps=40), "--run.envs", "2", "--run.parallel", "true")
+    assert main_exit_code(argv) == 0
+    out = capsys.readouterr().out
+    assert "stopped by SIGINT" in out and "done: 16 agent steps" in out
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+
+
+def worker_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_env_workers_exit_when_their_trainer_is_killed():
+    import subprocess
+    import sys
+    import time
+
+    from helpers_runs import ROOT, child_env
+
+    # Real workers (idle ones notice a closed pipe), and a process set up by the same worker
+    # factory that is busy (here: asleep) when the trainer dies, as in a long env step.
+    code = ("import multiprocessing, os, time\nfrom envs.vector import VectorEnv, _make_in_worker\n"
+            "env = VectorEnv('toy_catch', 2, seed=0, parallel=True)\n"
+            "def busy(parent):\n    _make_in_worker('toy_catch', {}, parent)\n    time.sleep(120)\n"
+            "worker = multiprocessing.get_context('fork').Process(target=busy, args=(os.getpid(),))\n"
+            "worker.start()\ntime.sleep(1)\n"
+            "print(*[p.pid for p in env._env.processes], worker.pid, flush=True)\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=child_env())
+    try:
+        pids = [int(pid) for pid in proc.stdout.readline().split()]
+        assert len(pids) == 3 and all(worker_alive(pid) for pid in pids)
+    finally:
+        proc.kill()  # as kill -9 or the out-of-memory killer would
+        proc.wait()
+    deadline = time.time() + 15
+    while any(worker_alive(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(worker_alive(pid) for pid in pids), "env workers outlived their trainer"
+
+
+def test_a_worker_whose_parent_is_already_gone_exits():
+    """The parent-pid fallback (for platforms without PR_SET_PDEATHSIG, and a parent that
+    died before the worker set it)."""
+    import subprocess
+    import sys
+
+    from helpers_runs import ROOT, child_env
+
+    code = ("import os\nfrom envs.vector import _die_with_parent\n"
+            "_die_with_parent(os.getppid() + 999999)\nprint('alive')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=child_env(),
+                            timeout=120)
+    assert result.returncode == 1 and "alive" not in result.stdout
+
+
+def test_a_full_disk_inside_torch_save_is_one_line(tmp_path, monkeypatch):
+    """torch.save reports a failed write as RuntimeError, not OSError."""
+    from mwm.atomic import atomic_torch_save
+
+    path = tmp_path / "checkpoint-10.pt"
+    atomic_torch_save({"w": torch.ones(2)}, str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match="free disk space") as info:
+        atomic_torch_save({"w": torch.zeros(2)}, str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_a_half_written_metrics_line_is_cut_and_readers_skip_it(tmp_path, capsys):
+    import json
+    import sys
+
+    from helpers_runs import ROOT
+    from mwm.logger import Logger
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.learning import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "a": 1.0}\n{"step": 20, "a": 2')  # killed mid-write
+    assert [row["step"] for row in read_metrics(path)] == [10]
+    logger = Logger(str(tmp_path), use_tensorboard=False, console=False)
+    logger.scalar("a", 3.0)
+    logger.write(30)
+    logger.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [10, 30]
+    assert "half-written line" in capsys.readouterr().err
+    assert [row["step"] for row in read_metrics(path)] == [10, 30]
+
+
+def test_memory_and_worker_limits_refuse_what_cannot_run(capsys):
+    from mwm import config as config_lib
+    from mwm.limits import check_config, check_model
+
+    gib = 2**30
+    cfg = config_lib.build("toy_catch", "mwm", "tiny", ["run.envs=40", "run.parallel=true"])
+    with pytest.raises(UserError, match="40 env workers take at least"):
+        check_config(cfg, memory=2 * gib, cores=16)
+    with pytest.raises(UserError, match="40 worker processes on 2 CPU cores"):
+        check_config(cfg, memory=64 * gib, cores=2)
+    check_config(cfg, memory=64 * gib, cores=16)  # allowed, with a warning: 40 > 2 per core
+    assert "40 worker processes on 16 CPU cores" in capsys.readouterr().err
+    check_config(config_lib.build("toy_catch", "mwm", "tiny", ["run.envs=40", "run.parallel=false"]),
+                 memory=2 * gib, cores=2)  # in-process envs: no workers
+    with pytest.raises(UserError, match="more memory than the machine has"):
+        check_config(config_lib.build("toy_catch", "mwm", "tiny", ["replay.batch=100000"]), memory=4 * gib, cores=2)
+    dmc = config_lib.build("dmc_walker_walk", "mwm", "tiny", ["env.time_limit=100", "replay.capacity=60"])
+    check_config(dmc, memory=64 * gib, cores=2)  # 100 control steps at action_repeat 2: 51-step episodes fit
+    with pytest.raises(UserError, match="at least 51"):
+        check_config(config_lib.build("dmc_walker_walk", "mwm", "tiny", ["env.time_limit=100", "replay.capacity=40"]),
+                     memory=64 * gib, cores=2)
+    model = torch.nn.Linear(1000, 1000)  # 4 MB of weights: 16 MB with gradients and Adam's moments
+    with pytest.raises(UserError, match="smaller --preset"):
+        check_model(cfg, model, torch.device("cpu"), memory=8 * 2**20)
+    check_model(cfg, model, torch.device("cpu"), memory=gib)
+
+
+def test_episode_files_with_nonfinite_rewards_are_skipped_with_a_warning(tmp_path):
+    from mwm.atomic import atomic_save_npz
+    from replay.episodes import episode_filename
+
+    steps = 5
+    episode = {"image": np.zeros((steps, 4, 4, 3), np.uint8), "action": np.zeros((steps, 2), np.float32),
+               "reward": np.zeros(steps, np.float32), "is_first": np.arange(steps) == 0,
+               "is_last": np.arange(steps) == steps - 1, "is_terminal": np.zeros(steps, bool)}
+    Replay(tmp_path, capacity=1000, seed=0).add_episode(episode)
+    episode["reward"][3] = np.nan
+    bad = tmp_path / episode_filename(7, steps)
+    atomic_save_npz(str(bad), episode)
+    replay = Replay(tmp_path, capacity=1000, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        replay.load()
+    assert replay.num_episodes == 1
+    assert any(str(bad) in str(w.message) and "reward holds NaN or inf at step 3" in str(w.message) for w in caught)
+    with pytest.raises(UserError, match="NaN or inf"):
+        replay.add_episode(episode)

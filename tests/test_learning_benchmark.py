@@ -1,6 +1,7 @@
 """benchmarks/learning.py: statistics over seeds, and the benchmark end to end on a few hundred steps."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,6 +78,23 @@ def test_benchmark_trains_compares_diagnoses_and_reuses_finished_runs(tmp_path, 
     assert again["random"]["seed_means"] == result["random"]["seed_means"]
 
 
-def test_a_failed_training_run_stops_with_its_log_tail(tmp_path):
-    with pytest.raises(SystemExit, match="mwm.train exited with 2"):
-        learning.main(["--logdir", str(tmp_path), "--agents", "mwm", "--seeds", "0", *TINY, "--no-such.key", "1"])
+def test_a_refused_training_run_is_one_line_and_exit_2(tmp_path, capsys):
+    """The child's own one-line error, not its traceback or log tail, and its exit status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        learning.run_main(["--logdir", str(tmp_path), "--agents", "mwm", "--seeds", "0", *TINY, "--no-such.key", "1"])
+    assert exit_info.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert line.startswith("error: mwm seed 0: unknown config key 'no-such.key'"), line
+
+
+def test_a_crashed_training_run_is_one_line_naming_its_log(tmp_path, capsys, monkeypatch):
+    def crash(cmd, **kwargs):
+        kwargs["stdout"].write(b"Traceback (most recent call last):\nRuntimeError: boom\n")
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(learning.subprocess, "run", crash)
+    with pytest.raises(SystemExit) as exit_info:
+        learning.run_main(["--logdir", str(tmp_path), "--agents", "mwm", "--seeds", "0", *TINY])
+    assert exit_info.value.code == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert "exit status 1" in line and "RuntimeError: boom" in line and "train.log" in line

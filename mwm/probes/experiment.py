@@ -59,12 +59,13 @@ def check_probe_config(p) -> None:
 
 def load_frames(cfg, device: torch.device) -> Tuple[FrameSet, FrameSet]:
     """Training and held-out frames with labels, from ``probe.replay`` or a fresh collection."""
+    from mwm.limits import frame_shape
     from mwm.probes.sources import collect_episodes, replay_episodes
     from mwm.run_dir import env_kwargs
 
     p, total = cfg.probe, cfg.probe.train_episodes + cfg.probe.eval_episodes
-    if p.replay:
-        episodes = replay_episodes(p.replay, total)
+    if p.replay:  # checked against --env and the image shape it renders
+        episodes = replay_episodes(p.replay, total, cfg.run.env, frame_shape(cfg))
     else:
         episodes = collect_episodes(cfg.run.env, env_kwargs(cfg), total, p.episode_steps, cfg.run.seed,
                                     p.policy, device)

@@ -40,22 +40,35 @@ class AgentPolicy:
     """The eval-mode policy of a trained run, read from ``<run>/config.yaml`` and its newest
     checkpoint in ``<run>/checkpoints``."""
 
-    def __init__(self, run_dir: str, env: gym.Env, device: torch.device):
+    def __init__(self, run_dir: str, env: gym.Env, device: torch.device, env_name: str = ""):
         from agents import make_agent
         from mwm import config as config_lib
         from mwm.checkpoint import load_latest
+
+        from mwm.limits import frame_shape
 
         path = Path(run_dir).expanduser()
         if not (path / "config.yaml").is_file():
             raise UserError(f"probe.policy '{run_dir}' is not a run directory (no config.yaml): "
                             "pass the --logdir of a mwm.train run, or leave probe.policy empty for random actions")
-        cfg = config_lib.load(path / "config.yaml")
-        state, _ = load_latest(str(path / "checkpoints"))
+        cfg = run_config(path, "probe.policy", run_dir)
+        check_source_env(cfg.run.env, env_name, "probe.policy", run_dir)
+        want = tuple(env.observation_space["image"].shape)
+        if frame_shape(cfg) != want:
+            raise UserError(f"probe.policy '{run_dir}' was trained on images of shape {frame_shape(cfg)}, but the "
+                            f"probe's env renders {want}: use the run's env settings (e.g. --env.size) or another run")
+        try:
+            self.agent = make_agent(cfg, env.observation_space, env.action_space, device)
+        except (ValueError, TypeError) as error:
+            raise UserError(f"probe.policy '{run_dir}': its config cannot build an agent ({error}): "
+                            "pass another run") from None
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            state, _ = load_latest(str(path / "checkpoints"),
+                                   check=lambda state: self.agent.load_state_dict(state["agent"]))
         if state is None:
-            raise UserError(f"probe.policy '{run_dir}' has no checkpoint in checkpoints/: train it first "
-                            "or leave probe.policy empty for random actions")
-        self.agent = make_agent(cfg, env.observation_space, env.action_space, device)
-        self.agent.load_state_dict(state["agent"])
+            raise UserError(f"probe.policy '{run_dir}' has no intact checkpoint of its agent in checkpoints/: "
+                            "train it first, or leave probe.policy empty for random actions")
         self.agent.eval()
         self.device = device
         self.discrete = isinstance(env.action_space, gym.spaces.Discrete)
@@ -104,7 +117,7 @@ def collect_episodes(env_name: str, env_kwargs: Mapping[str, object], episodes: 
     env = envs.make(env_name, seed=seed, **env_kwargs)
     try:
         if policy_dir:
-            policy: Policy = AgentPolicy(policy_dir, env, device or torch.device("cpu"))
+            policy: Policy = AgentPolicy(policy_dir, env, device or torch.device("cpu"), env_name)
         else:
             policy = RandomPolicy(env.action_space, seed)
         return [run_episode(env, policy, max_steps) for _ in range(episodes)]
@@ -123,22 +136,72 @@ def replay_folder(path: str) -> Path:
     return folder
 
 
-def replay_episodes(path: str, episodes: int) -> List[Episode]:
+def run_config(run_dir: Path, key: str, given: str):
+    """The config.yaml of the run a probe source names; a damaged or foreign one is a UserError."""
+    from mwm import config as config_lib
+
+    try:
+        return config_lib.load(run_dir / "config.yaml")
+    except UserError as error:
+        raise UserError(f"{key} '{given}': its config.yaml is not a mwm.train config ({error}): "
+                        "pass the --logdir of a mwm.train run") from None
+    except Exception as error:  # not YAML, unreadable, ...
+        raise UserError(f"{key} '{given}': its config.yaml is unreadable ({type(error).__name__}): "
+                        "pass the --logdir of a mwm.train run") from None
+
+
+def check_source_env(source_env: str, env_name: str, key: str, given: str) -> None:
+    """A probe source recorded on another env than ``--env`` is refused."""
+    if env_name and source_env != env_name:
+        raise UserError(f"{key} '{given}' holds a run of {source_env}, not {env_name}: pass --env {source_env}, "
+                        f"or a run of {env_name}")
+
+
+# Extras that mark a suite's frames (labels are read from them): suite -> keys it must have.
+SUITE_EXTRAS = {"toy": ("object_box",), "atari": ("ram",), "dmc": ()}
+
+
+def check_episodes(episodes: List[Episode], env_name: str, image_shape, key: str, given: str) -> None:
+    """Every episode must hold frames of ``env_name``'s suite and the probe's image shape."""
+    suite = env_name.split("_", 1)[0]
+    need = set(SUITE_EXTRAS.get(suite, ()))
+    foreign = {k for keys in SUITE_EXTRAS.values() for k in keys} - need
+    for episode in episodes:
+        shape = tuple(np.shape(episode.get("image"))[1:])
+        if image_shape is not None and shape != tuple(image_shape):
+            raise UserError(f"{key} '{given}' holds frames of shape {shape}, but {env_name} with these settings "
+                            f"renders {tuple(image_shape)}: pass the env settings the run used (e.g. --env.size), "
+                            "or another source")
+        if not need <= set(episode) or foreign & set(episode):
+            raise UserError(f"{key} '{given}' does not hold {env_name} frames (its episodes carry "
+                            f"{sorted(set(episode) & (need | foreign)) or 'no'} suite extras): pass a run of "
+                            f"{env_name}, or the --env it was recorded on")
+
+
+def replay_episodes(path: str, episodes: int, env_name: str = "", image_shape=None) -> List[Episode]:
     """The newest ``episodes`` readable episode files of a run's replay, oldest first.
 
     Only those files are read (a training run's replay can be far larger than RAM);
     unreadable files are skipped with a warning, as :meth:`replay.Replay.load` does.
+    With ``env_name``, a run directory recorded on another env (its config.yaml says so)
+    and episodes of another suite or image shape are refused.
     """
     from replay.episodes import EpisodeFileError, list_episode_files, load_episode
 
+    folder = replay_folder(path)
+    if env_name and (folder.parent / "config.yaml").is_file() and folder.name == "replay":
+        check_source_env(run_config(folder.parent, "probe.replay", path).run.env, env_name, "probe.replay", path)
     found: List[Episode] = []
-    for file in reversed(list_episode_files(str(replay_folder(path)))):  # newest first
+    for file in reversed(list_episode_files(str(folder))):  # newest first
         if len(found) == episodes:
             break
         try:
             found.append(load_episode(file.path, expected_length=file.length))
         except EpisodeFileError as error:
             warnings.warn(f"skipping episode file {file.path}: {error}", stacklevel=2)
+            continue
+        if env_name:
+            check_episodes(found[-1:], env_name, image_shape, "probe.replay", path)
     if len(found) < episodes:
         raise UserError(f"probe.replay '{path}' holds {len(found)} readable episodes but the probe needs "
                         f"{episodes} (probe.train_episodes + probe.eval_episodes): lower them or train longer")
