@@ -19,7 +19,10 @@ entries the frames move most still dominate the loss. Dividing each entry by its
 standard deviation instead amplified near-constant entries' jitter to unit size: the
 posterior spent its KL on that noise (2.5-3 nats per step) and open-loop rollouts did
 not predict rewards. This is not in the official MWM code (its default here is off);
-agents/mwm/README.md lists it among our deviations.
+agents/mwm/README.md lists it among our deviations. With a trained autoencoder the
+tokens move far more: after 1000 autoencoder updates on toy_catch (16 px object) their
+variance across frames was 25% of their mean square, so the measurement above
+describes an autoencoder that has barely started to train.
 """
 
 import torch
