@@ -112,6 +112,9 @@ def parse_args(argv=None):
     p.add_argument("--logdir", default="runs/bench-learning")
     p.add_argument("--out", help="JSON result (default <logdir>/learning.json)")
     p.add_argument("--plot", help="PNG of eval return over steps (default <logdir>/learning.png; 'none' for no plot)")
+    p.add_argument("--show", metavar="JSON",
+                   help="train nothing: print the table (and a Markdown table) of a saved result, e.g. "
+                        "docs/results/learning-toy_catch-16px.json")
     p.add_argument("overrides", nargs="*", help="extra flags for mwm.train, after --, e.g. -- --mae.mask_ratio 0.9")
     args = p.parse_args(argv)
     if min(args.jobs, args.threads, args.final_episodes, args.random_episodes, args.steps) < 1:
@@ -310,6 +313,30 @@ def print_table(result: dict) -> None:
         print(line)
 
 
+def markdown_table(result: dict) -> str:
+    """The README / docs table of a result: per agent the mean of seed means with its
+    interval, the seed means, the open-loop reward correlation and the speed."""
+    def cell(g: dict) -> str:
+        if g is None:
+            return "-"
+        if g["ci95"] is None:
+            return f"{g['mean']:+.2f} (n={g['n']}, no interval)"
+        return f"**{g['mean']:+.2f}** [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]"
+
+    lines = ["| agent | final return, mean of seeds [95% CI] | seed means | reward corr., 15 open-loop steps "
+             "| agent steps/s | min per run |", "|---|---|---|---|---|---|"]
+    for name, g in result["agents"].items():
+        corr = g.get("reward_corr")
+        corr_text = "-" if not corr else (f"{corr['mean']:.2f}" + (f" [{corr['ci95'][0]:.2f}, {corr['ci95'][1]:.2f}]"
+                                                                   if corr["ci95"] else ""))
+        speed = f"{g['agent_steps_per_s']:.1f}" if g["agent_steps_per_s"] else "-"
+        lines.append(f"| {name} | {cell(g)} | {', '.join(f'{v:+.2f}' for v in g['seed_means'])} | {corr_text} "
+                     f"| {speed} | {g['minutes']:.0f} |")
+    random = result["random"]
+    lines.append(f"| random | {cell(random)} | {', '.join(f'{v:+.2f}' for v in random['seed_means'])} | - | - | - |")
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -356,6 +383,11 @@ def main(argv=None) -> int:
     from mwm.run_dir import env_kwargs
 
     args = parse_args(argv)
+    if args.show:
+        result = json.loads(Path(args.show).read_text())
+        print_table(result)
+        print("\n" + markdown_table(result))
+        return 0
     order = [(agent, seed) for seed in args.seeds for agent in args.agents]  # every agent's first seeds first
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(lambda key: train_run(args, *key), order))

@@ -38,6 +38,18 @@ def test_intervals_come_from_seed_means_and_need_three_seeds():
     assert "curl scores higher than mwm (+2.10 vs +2.00); the intervals overlap" in lines
 
 
+def test_a_saved_result_rebuilds_its_table_without_training(tmp_path, capsys):
+    args = learning.parse_args(["--agents", "mwm", "curl"])
+    result = learning.summarise(args, _runs("mwm", [0.0, 1.0, 5.0]) + _runs("curl", [2.0, 2.2]), [-1.0, -0.6, -0.8])
+    saved = tmp_path / "result.json"
+    saved.write_text(json.dumps(result))
+    assert learning.main(["--show", str(saved), "--logdir", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "| mwm | **+2.00** [" in out and "| +0.00, +1.00, +5.00 |" in out
+    assert "| curl | +2.10 (n=2, no interval) |" in out
+    assert not (tmp_path / "none").exists()  # nothing trained, nothing written
+
+
 def test_overrides_replace_a_settings_flags_instead_of_repeating_them():
     args = learning.parse_args(["--", "--replay.batch", "2", "--ac.entropy", "1e-4"])
     cmd = learning.train_command(args, "mwm", 0, Path("x"))
