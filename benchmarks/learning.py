@@ -102,7 +102,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=12000, help="agent steps per run")
     p.add_argument("--object-size", type=int, default=16, help="toy_catch object side in pixels")
     p.add_argument("--drift", type=float, default=0.0, help="toy_catch sideways speed of the object, px per step")
-    p.add_argument("--prefill", type=int, default=1000, help="random-policy steps before training (toy suite: 1000)")
+    p.add_argument("--prefill", type=int, help="random-policy steps before training (default: the suite's and "
+                                              "agent's own; toy_catch 1000)")
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--final-episodes", type=int, default=30, help="episodes of each seed's final policy")
@@ -154,7 +155,8 @@ def train_command(args, agent: str, seed: int, logdir: Path) -> list:
     preset, setting_flags = SETTINGS[args.setting][agent]
     toy = (["--env.object_size", str(args.object_size), "--env.drift", str(args.drift)] if is_toy(args) else [])
     protocol = ["--run.eval_every", str(args.eval_every), "--run.eval_episodes", str(args.eval_episodes),
-                "--run.prefill", str(args.prefill), "--env.time_limit", "0",  # full episodes, as the random baseline
+                *(["--run.prefill", str(args.prefill)] if args.prefill is not None else []),
+                "--env.time_limit", "0",  # full episodes, as the random baseline
                 "--run.log_every", "250", "--run.checkpoint_every", "2000", "--run.report_every", "2000", *toy]
     return [sys.executable, "-m", "mwm.train", "--env", args.env, "--agent", agent, "--preset", preset,
             "--seed", str(seed), "--steps", str(args.steps), "--logdir", str(logdir),
