@@ -31,7 +31,6 @@ agent go after ``--``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -46,7 +45,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mwm.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from benchmarks._figures import save_png  # noqa: E402
+from mwm.atomic import atomic_write_text  # noqa: E402
 from mwm.errors import UserError  # noqa: E402
 from mwm.probes.stats import MIN_INTERVAL_VALUES, bootstrap_ci  # noqa: E402
 
@@ -371,12 +371,7 @@ def plot(result: dict, path: str) -> None:
     bars.set_xticks(range(len(names)), names)
     bars.axhline(0.0, color="grey", linewidth=0.8)
     bars.set(ylabel="final-policy return", title="final policy: seed means (dots), 95% CI")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    print(f"plot: {path}")
+    save_png(fig, path)
 
 
 def main(argv=None) -> int:

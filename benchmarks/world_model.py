@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import io
 import json
 import math
 import sys
@@ -37,7 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mwm.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from benchmarks._figures import save_png  # noqa: E402
+from mwm.atomic import atomic_write_text  # noqa: E402
 
 EPISODE_SEED = 9000  # + run seed: env seeds of the diagnostic episodes (unlike training's and eval's)
 MAX_EPISODE_STEPS = 100_000  # the env's own time limit ends episodes first
@@ -117,12 +117,7 @@ def plot(results: List[Dict[str, object]], path: str) -> None:
     axes[2].set(title="reward correlation per step\n(higher is better)", xlabel="open-loop step", ylim=(-0.2, 1.0))
     axes[2].axhline(0.0, color="grey", linewidth=0.8)
     axes[2].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    print(f"plot: {path}")
+    save_png(fig, path)
 
 
 def to_json(value):

@@ -89,6 +89,17 @@ def test_benchmark_trains_compares_diagnoses_and_reuses_finished_runs(tmp_path, 
     assert again["runs"][0]["final_returns"] == run["final_returns"]  # same checkpoint, same seeds
     assert again["random"]["seed_means"] == result["random"]["seed_means"]
 
+    # the world-model benchmark on the same runs: one row per run, the 15 open-loop steps
+    from benchmarks import world_model
+
+    out, png = tmp_path / "wm.json", tmp_path / "wm.png"
+    runs = [r["logdir"] for r in result["runs"]]
+    assert world_model.main([*runs, "--episodes", "1", "--sequences", "4", "--out", str(out), "--plot", str(png)]) == 0
+    rows = json.loads(out.read_text())
+    assert [row["agent"] for row in rows] == [r["agent"] for r in result["runs"]]
+    assert all(len(row["recon_error_by_step"]) == 15 and row["sequences"] == 4 for row in rows)
+    assert png.stat().st_size > 0
+
 
 def test_a_refused_training_run_is_one_line_and_exit_2(tmp_path, capsys):
     """The child's own one-line error, not its traceback or log tail, and its exit status 2."""
