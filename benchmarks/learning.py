@@ -167,10 +167,10 @@ class RunFailed(Exception):
     """A training run crashed (not a user error): one line naming its log, exit status 1."""
 
 
-def read_metrics(logdir: Path) -> list:
-    """The records of ``metrics.jsonl``; a line a crash cut short (or any unparseable one) is skipped."""
+def read_metrics(path: Path) -> list:
+    """The records of a ``metrics.jsonl``; a line a crash cut short (or any unparseable one) is skipped."""
     rows = []
-    for line in (logdir / "metrics.jsonl").read_text(errors="replace").splitlines():
+    for line in Path(path).read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
         except ValueError:
@@ -209,7 +209,7 @@ def train_run(args, agent: str, seed: int) -> dict:
         last = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
         raise RunFailed(f"{agent} seed {seed}: mwm.train failed with exit status {code} (last line: {last[:200]}): "
                         f"see the full log in {log_path}")
-    rows = read_metrics(logdir)
+    rows = read_metrics(logdir / "metrics.jsonl")
     evals = sorted({row["step"]: row["eval/return"] for row in rows if row.get("eval/return") is not None}.items())
     speeds = [row["speed/agent_steps_per_s"] for row in rows if row.get("speed/agent_steps_per_s")]
     minutes = (time.time() - start) / 60
