@@ -99,7 +99,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training run")
-    p.add_argument("--steps", type=int, default=12000, help="agent steps per run")
+    p.add_argument("--steps", type=int, default=8000, help="agent steps per run")
     p.add_argument("--object-size", type=int, default=16, help="toy_catch object side in pixels")
     p.add_argument("--drift", type=float, default=0.0, help="toy_catch sideways speed of the object, px per step")
     p.add_argument("--prefill", type=int, help="random-policy steps before training (default: the suite's and "
