@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._figures import save_png  # noqa: E402
+from benchmarks.world_model import DREAMER_FAMILY, diagnose_run, to_json  # noqa: E402
 from mwm.atomic import atomic_write_text  # noqa: E402
 from mwm.errors import UserError  # noqa: E402
 from mwm.probes.stats import MIN_INTERVAL_VALUES, bootstrap_ci  # noqa: E402
@@ -54,7 +55,6 @@ MAX_EPISODE_STEPS = 100_000  # the env's own time limit ends episodes first
 RANDOM_SEED = 1234  # + group: env and action seed of the random policy's episodes
 CONFIDENCE, RESAMPLES = 0.95, 10000  # bootstrap intervals over seed means
 FINAL_SEED = 5000  # + run seed: env seed of the final policy's episodes (unlike any training env)
-DREAMER_FAMILY = ("mwm", "dreamerv2", "siammae")
 
 # The Dreamer family's CPU size: the tiny preset widened where learning needs it: a
 # 64-unit RSSM with 8x8 latents, 2 x 64 heads and actor-critic, a 15-step imagination
@@ -375,7 +375,6 @@ def plot(result: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    from benchmarks.world_model import diagnose_run, to_json
     from mwm import config as config_lib
     from mwm.run_dir import env_kwargs
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._figures import save_png  # noqa: E402
 from mwm.atomic import atomic_write_text  # noqa: E402
 
+DREAMER_FAMILY = ("mwm", "dreamerv2", "siammae")  # the agents with a world model to diagnose
 EPISODE_SEED = 9000  # + run seed: env seeds of the diagnostic episodes (unlike training's and eval's)
 MAX_EPISODE_STEPS = 100_000  # the env's own time limit ends episodes first
 
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
     results = []
     for run in args.runs:
         cfg = config_lib.load(Path(run) / "config.yaml")
-        if cfg.run.agent not in ("mwm", "dreamerv2", "siammae"):
+        if cfg.run.agent not in DREAMER_FAMILY:
             print(f"{run}: a {cfg.run.agent} run has no world model; skipped")
             continue
         print(f"{run}: {args.episodes} held-out episodes ...", flush=True)

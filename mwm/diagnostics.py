@@ -101,8 +101,9 @@ def predict(agent, batch: Dict[str, torch.Tensor], context: int = CONTEXT) -> Di
     inputs = agent.wm_inputs(batch["image"]).float()  # (B, T, ...)
     action = batch["action"].float()  # (B, T, A)
     post, prior = wm.rssm.observe(wm.encoder(inputs), action, batch["is_first"])
-    context_embed = wm.encoder(inputs[:, :context])  # (B, k, E): the open loop reads nothing later
-    observed, _ = wm.rssm.observe(context_embed, action[:, :context], batch["is_first"][:, :context])
+    # The filter is causal: its first ``context`` states read nothing later, so the open
+    # loop starts from them rather than from a second pass over the context.
+    observed = {key: value[:, :context] for key, value in post.items()}  # (B, k, ...)
     last = {key: value[:, -1] for key, value in observed.items()}  # (B, ...)
     imagined = wm.rssm.rollout(last, action[:, context:])  # (B, H, ...)
     feat = wm.feature(imagined)  # (B, H, F)
