@@ -53,7 +53,9 @@ def run_and_signal(logdir: Path, *flags: str, sig: int, delay: float, after: str
                    timeout: float = 300) -> subprocess.CompletedProcess:
     """Start a run, wait for the stdout line containing ``after``, wait ``delay`` s, send ``sig``.
 
-    Returns the finished process with its whole output (the run may end on its own first).
+    Returns the finished process with its whole output. The run may end on its own
+    first: once it has printed its ``done:`` line (or exited) no signal is sent, since one
+    landing while the interpreter shuts down would kill a run that already finished.
     """
     import threading
     import time
@@ -61,19 +63,26 @@ def run_and_signal(logdir: Path, *flags: str, sig: int, delay: float, after: str
     proc = subprocess.Popen(train_command(logdir, *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, env=child_env())
     stderr: List[str] = []
-    reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
-    reader.start()
     stdout: List[str] = []
-    for line in proc.stdout:
-        stdout.append(line)
-        if after in line:
-            time.sleep(delay)
-            if proc.poll() is None:
-                proc.send_signal(sig)
-            break
-    stdout.extend(proc.stdout)
+    seen_after = threading.Event()
+
+    def read_stdout() -> None:
+        for line in proc.stdout:
+            stdout.append(line)
+            if after in line:
+                seen_after.set()
+
+    readers = [threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True),
+               threading.Thread(target=read_stdout, daemon=True)]
+    for reader in readers:
+        reader.start()
+    if seen_after.wait(timeout=timeout):
+        time.sleep(delay)
+        if proc.poll() is None and not any(line.startswith("done: ") for line in stdout):
+            proc.send_signal(sig)
     proc.wait(timeout=timeout)
-    reader.join(timeout=10)
+    for reader in readers:
+        reader.join(timeout=10)
     return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(stdout), "".join(stderr))
 
 
