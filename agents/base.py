@@ -26,6 +26,8 @@ class Agent(nn.Module, abc.ABC):
     - ``report(replay)``: images and videos for TensorBoard (uint8 arrays).
     - ``diagnostics(episodes, replay)``: scalars for TensorBoard (Dreamer family: the
       open-loop world-model scores of :mod:`mwm.diagnostics`).
+    - ``close()``: stop background threads (prefetching samplers); the agent may be
+      used again afterwards (samplers restart on demand).
     - ``state_dict()`` / ``load_state_dict()`` include optimiser states and counters.
     """
 
@@ -59,3 +61,6 @@ class Agent(nn.Module, abc.ABC):
         """Scalars that judge the agent's model on held-out ``episodes`` (a list of dicts of
         (T, ...) arrays), or on ``replay`` where there are none; none by default."""
         return {}
+
+    def close(self) -> None:
+        """Release background resources (prefetch threads); nothing by default."""

@@ -1,26 +1,26 @@
-"""The Dreamer family: an RSSM world model and an actor-critic trained in imagination.
+"""The Dreamer family: a representation, an RSSM world model and an actor-critic.
 
-MWM, DreamerV2 and SiamMAE differ only in what the world model reads and reconstructs
-(the autoencoder's tokens, or pixels) and in whether a representation is trained beside
-it; everything else -- RSSM, heads, actor-critic, optimisers, the update -- is here,
-once.
+MWM, DreamerV2 and SiamMAE differ only in their representation
+(:class:`mwm.representation.Representation`: what the world model reads and
+reconstructs, and whether it trains beside it); everything else -- RSSM, heads,
+actor-critic, optimisers, the update -- is here, once.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 from typing import Any, Dict, Iterator, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from agents.base import Agent, Metrics
 from mwm import diagnostics
 from mwm.actor_critic import ActorCritic
+from mwm.config import construct
 from mwm.errors import UserError
 from mwm.optim import Optimizer
+from mwm.representations import make_representation
 from mwm.speed import CudaGraphCapture, GraphedStep, compile_modules, schedule_all, speed_settings
 from mwm.vit import Transformer
 from mwm.world_model import WorldModel, rssm_feat_dim
@@ -36,19 +36,39 @@ def action_size(act_space) -> int:
     return int(act_space.n) if hasattr(act_space, "n") else int(np.prod(act_space.shape))
 
 
+def mark_context(images: torch.Tensor, context: int, bar: int = 2) -> torch.Tensor:
+    """Copy of uint8 frames (B, T, H, W, C) with a ``bar``-pixel strip across the top: green
+    on the first ``context`` (observed) steps, red on the rest (imagined)."""
+    marked = images.clone()
+    colour = torch.tensor([[0, 200, 0], [220, 0, 0]], dtype=torch.uint8, device=images.device)  # observed, imagined
+    if images.shape[-1] == 1:  # grey frames: white for observed, black for imagined
+        colour = torch.tensor([[255], [0]], dtype=torch.uint8, device=images.device)
+    marked[:, :context, :bar] = colour[0]
+    marked[:, context:, :bar] = colour[1]
+    return marked
+
+
+def legacy_module_keys(modules: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Checkpoints written before representations were their own module kept the autoencoder
+    and the token statistics on the agent (``mae.*``, ``token_norm.*``); map them to
+    ``representation.*``."""
+    prefixes = ("mae.", "token_norm.")
+    return {f"representation.{key}" if key.startswith(prefixes) else key: value for key, value in modules.items()}
+
+
 class WorldModelAgent(Agent):
-    """World model + actor-critic; subclasses choose the observation model.
+    """Representation + world model + actor-critic; subclasses name the representation.
 
-    Subclasses implement :meth:`build_observation_model` (the world model's encoder and
-    decoder), :meth:`wm_inputs` (what the world model reads, from uint8 images) and may
-    train a representation beside it in :meth:`representation_update`.
-
-    The update is written once, eagerly, over static shapes and without host
-    synchronisation: :meth:`world_model_step` then :meth:`actor_critic_step`; the
-    policy is :meth:`policy_step`. With ``speed.cuda_graph`` on CUDA each of them runs
-    as a captured CUDA graph (:class:`mwm.speed.GraphedStep`) computing the same thing.
+    ``representation`` (a key of :data:`mwm.representations.REPRESENTATIONS`) is the one
+    thing a subclass sets. The update is written once, eagerly, over static shapes and
+    without host synchronisation: the representation's own loss (if it trains), then
+    :meth:`world_model_step` and :meth:`actor_critic_step`; the policy is
+    :meth:`policy_step`. With ``speed.cuda_graph`` on CUDA the world-model,
+    actor-critic and policy steps run as captured CUDA graphs
+    (:class:`mwm.speed.GraphedStep`) computing the same thing.
     """
 
+    representation_name: str = ""
     graph_capture = CudaGraphCapture  # the capture backend of the CUDA-graph path
 
     def __init__(self, cfg, obs_space, act_space, device: torch.device):
@@ -56,60 +76,36 @@ class WorldModelAgent(Agent):
         self.image_shape = tuple(obs_space["image"].shape)  # (H, W, C)
         self.discrete = hasattr(act_space, "n")
         self.action_dim = action_size(act_space)
-        feat_dim = rssm_feat_dim(dict(cfg.rssm))
-        encoder, decoder, embed_dim = self.build_observation_model(cfg, self.image_shape, feat_dim)
-        wm = cfg.wm
-        self.wm = WorldModel(
-            encoder, decoder, embed_dim, self.action_dim, rssm=dict(cfg.rssm), head_layers=wm.head_layers,
-            head_units=wm.head_units, reward_transform=wm.reward_transform, discount_head=wm.discount_head,
-            head_norm=wm.head_norm,
-            kl_balance=wm.kl_balance, kl_free=wm.kl_free,
-            loss_scales={"kl": wm.kl_scale, "recon": wm.recon_scale, "reward": wm.reward_scale,
-                         **({"discount": wm.discount_scale} if wm.discount_head else {})})
-        ac = cfg.ac
-        self.ac = ActorCritic(
-            self.wm.feat_dim, self.action_dim, self.discrete, layers=ac.layers, units=ac.units,
-            horizon=ac.horizon, discount=ac.discount, lam=ac.lam, entropy=ac.entropy, actor_grad=ac.actor_grad,
-            slow_critic_every=ac.slow_critic_every, return_norm=ac.return_norm, min_std=ac.min_std, norm=ac.norm)
+        self.representation = make_representation(self.representation_name, cfg, self.image_shape, device)
+        encoder, decoder, embed_dim = self.representation.world_model_io(rssm_feat_dim(dict(cfg.rssm)))
+        self.wm = construct(WorldModel, cfg.wm, encoder=encoder, decoder=decoder, embed_dim=embed_dim,
+                            action_dim=self.action_dim, rssm=dict(cfg.rssm))
+        self.ac = construct(ActorCritic, cfg.ac, feat_dim=self.wm.feat_dim, action_dim=self.action_dim,
+                            discrete=self.discrete)
         self.to(device)
         self.speed = speed_settings(device, **cfg.speed)
         fused, graphs = self.speed.fused_optim, self.speed.cuda_graph
-        self.wm_opt = Optimizer("model", self.wm.parameters(), wm.lr, wm.eps, wm.clip, wm.wd, fused=fused,
+        self.wm_opt = construct(Optimizer, cfg.wm, name="model", params=self.wm.parameters(), fused=fused,
                                 capturable=graphs)
-        self.actor_opt = Optimizer("actor", self.ac.actor.parameters(), ac.actor_lr, ac.eps, ac.clip, ac.wd,
-                                   fused=fused, capturable=graphs)
-        self.critic_opt = Optimizer("critic", self.ac.critic.parameters(), ac.critic_lr, ac.eps, ac.clip, ac.wd,
-                                    fused=fused, capturable=graphs)
+        self.actor_opt = construct(Optimizer, cfg.ac, name="actor", params=self.ac.actor.parameters(),
+                                   lr=cfg.ac.actor_lr, fused=fused, capturable=graphs)
+        self.critic_opt = construct(Optimizer, cfg.ac, name="critic", params=self.ac.critic.parameters(),
+                                    lr=cfg.ac.critic_lr, fused=fused, capturable=graphs)
+        # The representation's optimiser is not captured in graphs (its update runs eagerly).
+        self.rep_opt = self.representation.make_optimizer(fused=fused)
         if self.speed.compile:
             compile_modules(self, COMPILED_TYPES, self.speed.compile_backend)
         self._datasets: Dict[str, Iterator] = {}
         self._device_episodes = DeviceEpisodes(device) if self.speed.replay_on_device else None
         self._graphs: Dict[Any, GraphedStep] = {}
 
-    # ------------------------------------------------------------ subclass hooks
-
-    @abc.abstractmethod
-    def build_observation_model(self, cfg, image_shape, feat_dim) -> Tuple[nn.Module, nn.Module, int]:
-        """(encoder, decoder, embed_dim) of the world model."""
-
-    @abc.abstractmethod
-    def wm_inputs(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
-        """uint8 images (B, T, H, W, C) -> world-model inputs (B, T, ...), no gradient to any
-        representation trained elsewhere. ``train`` is set for the world-model update's
-        batch (where running input statistics may be updated), not for acting or reports."""
-
-    def representation_update(self, replay) -> Metrics:
-        """Train a representation beside the world model (none by default)."""
-        return {}
-
-    def inputs_to_images(self, inputs: torch.Tensor) -> torch.Tensor:
-        """World-model decoder outputs (B, T, ...) -> uint8 images (B, T, H, W, C)."""
-        raise TypeError(f"{type(self).__name__} cannot turn world-model outputs into images")
-
     # ------------------------------------------------------------ helpers
 
     def optimizers(self) -> Dict[str, Optimizer]:
-        return {"wm": self.wm_opt, "actor": self.actor_opt, "critic": self.critic_opt}
+        optimizers = {"wm": self.wm_opt, "actor": self.actor_opt, "critic": self.critic_opt}
+        if self.rep_opt is not None:
+            optimizers[self.rep_opt.name] = self.rep_opt
+        return optimizers
 
     def autocast(self):
         """bf16 autocast on CUDA when configured; a no-op on CPU."""
@@ -172,13 +168,22 @@ class WorldModelAgent(Agent):
         """One filtering step and an action: {image (N, H, W, C), is_first (N,), latent, action
         (N, A) the previous one} -> (action (N, A), posterior state)."""
         with self.autocast():
-            embed = self.wm.encoder(self.wm_inputs(inputs["image"][:, None]))[:, 0]  # (N, E)
+            embed = self.wm.encoder(self.representation.inputs(inputs["image"][:, None]))[:, 0]  # (N, E)
         post, _ = self.wm.rssm.obs_step(inputs["latent"], inputs["action"], embed.float(), inputs["is_first"])
         action = self.ac.act(self.wm.feature(post), mode)  # (N, A)
         return action, post
 
+    def representation_update(self, replay) -> Metrics:
+        """One update of the representation's own objective (none for one that does not train)."""
+        if self.rep_opt is None:
+            return {}
+        with self.autocast():
+            loss, metrics = self.representation.loss(lambda name, b, t: self.batches(replay, name, b, t))
+        metrics.update(self._step(self.rep_opt, loss))
+        return metrics
+
     def update(self, replay) -> Metrics:
-        """One update: representation (if any), world model, then actor and critic."""
+        """One update: representation (if it trains), world model, then actor and critic."""
         metrics = dict(self.representation_update(replay))
         batch = self.batches(replay, "wm", self.cfg.replay.batch, self.cfg.replay.length)
         batch = {key: batch[key] for key in WM_KEYS}
@@ -190,10 +195,20 @@ class WorldModelAgent(Agent):
         self.ac.update_slow_critic()
         return metrics
 
+    def pretrain(self, replay, updates: int) -> Metrics:
+        """Before the first policy step: the representation alone (MWM, SiamMAE; official MWM
+        5000 updates), or ordinary updates for a representation that does not train."""
+        if self.rep_opt is None:
+            return super().pretrain(replay, updates)
+        metrics: Metrics = {}
+        for _ in range(updates):
+            metrics = self.representation_update(replay)
+        return metrics
+
     def world_model_step(self, batch: Dict[str, torch.Tensor]) -> Tuple[Metrics, Dict[str, torch.Tensor]]:
         """World-model update on a (B, T) batch -> (metrics, posterior states (B, T, ...))."""
         with self.autocast():
-            inputs = self.wm_inputs(batch["image"], train=True)  # (B, T, ...)
+            inputs = self.representation.inputs(batch["image"], train=True)  # (B, T, ...)
             action = batch["action"].float()  # (B, T, A)
             wm_loss, post, wm_metrics = self.wm.loss(inputs, action, batch["reward"].float(),
                                                      batch["is_first"], batch["is_terminal"])
@@ -212,25 +227,31 @@ class WorldModelAgent(Agent):
 
     @torch.no_grad()
     def report(self, replay) -> Dict[str, Any]:
-        """Open-loop video: observed context, then imagined steps, against the truth."""
-        length = max(min(self.cfg.replay.length, 3 * OPEN_LOOP_CONTEXT), OPEN_LOOP_CONTEXT + 1)
+        """The representation's figures and, where it decodes, the open-loop video."""
         if replay.num_episodes == 0:
             return {}
+        media = dict(self.representation.figure(replay))
+        if self.representation.decodes:
+            media["wm/open_loop"] = self.open_loop_video(replay)
+        return media
+
+    def open_loop_video(self, replay) -> np.ndarray:
+        """(T, 3H, B*W, C) uint8: truth / model / error rows of a few replay sequences; the model
+        reads ``OPEN_LOOP_CONTEXT`` frames, then imagines. Observed frames carry a green bar at
+        their top, imagined ones a red bar (:func:`mark_context`)."""
+        length = max(min(self.cfg.replay.length, 3 * OPEN_LOOP_CONTEXT), OPEN_LOOP_CONTEXT + 1)
         batch = {k: torch.as_tensor(v).to(self.device)
                  for k, v in replay.sample(min(4, self.cfg.replay.batch), length).items()
                  if np.asarray(v).dtype != object}
         with self.autocast():
-            pred = self.wm.decode_open_loop(self.wm_inputs(batch["image"]), batch["action"].float(),
+            pred = self.wm.decode_open_loop(self.representation.inputs(batch["image"]), batch["action"].float(),
                                             batch["is_first"], OPEN_LOOP_CONTEXT)
-        try:
-            imagined = self.inputs_to_images(pred.float())  # (B, T, H, W, C)
-        except TypeError:
-            return {}
+        imagined = self.representation.to_images(pred.float())  # (B, T, H, W, C)
         truth = batch["image"]
         error = ((imagined.float() - truth.float()).abs() / 2 + 127.5).clamp(0, 255).to(torch.uint8)
+        imagined = mark_context(imagined, OPEN_LOOP_CONTEXT)
         video = torch.cat([truth, imagined, error], dim=2)  # (B, T, 3H, W, C): truth / model / error
-        video = torch.cat(list(video), dim=2)  # (T, 3H, B*W, C)
-        return {"wm/open_loop": video.cpu().numpy()}
+        return torch.cat(list(video), dim=2).cpu().numpy()  # (T, 3H, B*W, C)
 
     @torch.no_grad()
     def diagnostics(self, episodes, replay) -> Dict[str, float]:
@@ -260,7 +281,7 @@ class WorldModelAgent(Agent):
         return state
 
     def load_state_dict(self, state, strict: bool = True):
-        result = super().load_state_dict(state["modules"], strict=strict)
+        result = super().load_state_dict(legacy_module_keys(state["modules"]), strict=strict)
         for name, opt in self.optimizers().items():
             opt.load_state_dict(state["optimizers"][name])
         for graph in self._graphs.values():  # the optimizers' state tensors are new: capture again

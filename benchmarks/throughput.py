@@ -40,10 +40,11 @@ import torch
 if not __package__:  # run as ``python benchmarks/throughput.py``: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agents.registry import AGENT_NAMES  # noqa: E402
 from benchmarks import _timing  # noqa: E402
 from benchmarks._data import FixedBatches, filled_replay, step_spec  # noqa: E402
 
-AGENTS = ("mwm", "dreamerv2", "curl", "siammae")
+AGENTS = tuple(AGENT_NAMES)
 SECTIONS = ("update", "mae", "replay", "env")
 ENV_NAMES = ("atari_pong", "dmc_walker_walk", "toy_catch")
 # The plain path every speed-up is measured against, and the variants: one switch each, then all.
@@ -160,9 +161,8 @@ def is_world_model_agent(agent) -> bool:
 
 
 def has_representation(agent) -> bool:
-    from agents.world_model_agent import WorldModelAgent
-
-    return type(agent).representation_update is not WorldModelAgent.representation_update
+    """Whether a Dreamer-family agent's representation trains beside its world model."""
+    return agent.representation.trains
 
 
 def time_components(agent, replay, device, args, warmup: int) -> Dict[str, Any]:
@@ -319,9 +319,10 @@ def mae_timings(cfg, settings, device: torch.device, args) -> Dict[str, Any]:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from agents.mwm.agent import build_mae
+    from mwm.config import construct
     from mwm.masking import make_masking
     from mwm.optim import Optimizer
+    from mwm.representations.mae import build_mae
     from mwm.speed import compile_modules
     from mwm.vit import Transformer
 
@@ -330,7 +331,7 @@ def mae_timings(cfg, settings, device: torch.device, args) -> Dict[str, Any]:
     height, width = cfg.env.size
     channels = 1 if cfg.env.grayscale else 3
     model = build_mae(cfg, (height, width, channels)).to(device)
-    opt = Optimizer("mae", model.parameters(), m.lr, m.eps, m.clip, m.wd, m.warmup, fused=settings.fused_optim)
+    opt = construct(Optimizer, m, name="mae", params=model.parameters(), fused=settings.fused_optim)
     frames = m.batch * m.length
     images = torch.randint(0, 256, (frames, height, width, channels), dtype=torch.uint8, device=device)
     rewards = torch.randn(frames, device=device)

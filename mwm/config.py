@@ -15,23 +15,39 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Sequence, Set, Tuple
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from agents.registry import AGENT_NAMES
+from envs import SUITES as ENV_SUITES
+from envs import suite_of as env_suite_of
+from mwm.actor_critic import ACTOR_GRADS
 from mwm.errors import UserError
+from mwm.heads import ACTIVATIONS, TRANSFORMS
+from mwm.losses.representation import LOSS_ON
+from mwm.masking import MASKING_KINDS
+from mwm.speed import COMPILE_CHOICES, PRECISIONS
 
 # An installed wheel carries configs/ as the package data mwm/configs; a source checkout has it
 # next to mwm/.
 _HERE = Path(__file__).resolve().parent
 CONFIG_DIR = _HERE / "configs" if (_HERE / "configs").is_dir() else _HERE.parent / "configs"
-SUITES = ("atari", "dmc", "toy")
-AGENTS = ("mwm", "dreamerv2", "curl", "siammae")
+SUITES = tuple(ENV_SUITES)  # atari, dmc, toy: envs/__init__.py
+AGENTS = tuple(AGENT_NAMES)  # mwm, dreamerv2, curl, siammae: agents/registry.py
 PRESETS = ("tiny", "small", "default")
+
+
+def choice(values: Sequence[str]) -> Any:
+    """A str key whose allowed values are ``values``: the tuple the implementing module
+    defines (e.g. :data:`mwm.masking.MASKING_KINDS`), so the list is written once and
+    :func:`validate` checks every such key from the schema."""
+    return field(default=MISSING, metadata={"choices": tuple(values)})
 
 
 @dataclass
@@ -39,8 +55,8 @@ class RunConfig:
     """The run: what to train, where, for how long, and the update schedule."""
 
     env: str = MISSING  # env name, e.g. atari_pong, dmc_walker_walk, toy_catch
-    agent: str = MISSING  # mwm | dreamerv2 | curl | siammae
-    preset: str = MISSING  # tiny | small | default
+    agent: str = choice(AGENTS)  # mwm | dreamerv2 | curl | siammae
+    preset: str = choice(PRESETS)  # tiny | small | default
     logdir: str = MISSING  # run directory; re-using it resumes
     seed: int = MISSING  # seeds torch, numpy, python and the envs
     device: str = MISSING  # auto | cpu | cuda | cuda:N
@@ -102,10 +118,10 @@ class MaeConfig:
     dec_width: int = MISSING
     dec_depth: int = MISSING
     dec_heads: int = MISSING
-    mask_type: str = MISSING  # random | tube | block | grid
+    mask_type: str = choice(MASKING_KINDS)  # random | tube | block | grid
     mask_ratio: float = MISSING  # in [0, 1)
     simmim: bool = MISSING  # mask tokens go through the encoder (SimMIM variant)
-    loss_on: str = MISSING  # all | masked
+    loss_on: str = choice(LOSS_ON)  # all | masked
     norm_pix: bool = MISSING
     reward_head: bool = MISSING
     reward_scale: float = MISSING
@@ -124,7 +140,7 @@ class RssmConfig:
     hidden: int = MISSING
     stoch: int = MISSING
     classes: int = MISSING
-    act: str = MISSING
+    act: str = choice(ACTIVATIONS)
     norm: bool = MISSING
     unimix: float = MISSING
 
@@ -143,7 +159,7 @@ class WorldModelConfig:
     head_layers: int = MISSING
     head_units: int = MISSING
     head_norm: bool = MISSING
-    reward_transform: str = MISSING  # symlog | tanh | none
+    reward_transform: str = choice(TRANSFORMS)  # symlog | tanh | none
     discount_head: bool = MISSING
     kl_balance: float = MISSING
     kl_free: float = MISSING
@@ -168,7 +184,7 @@ class ActorCriticConfig:
     discount: float = MISSING
     lam: float = MISSING
     entropy: float = MISSING
-    actor_grad: str = MISSING  # auto | reinforce | dynamics
+    actor_grad: str = choice(ACTOR_GRADS)  # auto | reinforce | dynamics
     slow_critic_every: int = MISSING
     return_norm: bool = MISSING
     min_std: float = MISSING
@@ -183,11 +199,11 @@ class ActorCriticConfig:
 class SpeedConfig:
     """GPU-path switches; each is a wrapper around the eager reference path."""
 
-    precision: str = MISSING  # fp32 | bf16 (bf16 autocast applies on CUDA only)
+    precision: str = choice(PRECISIONS)  # fp32 | bf16 (bf16 autocast applies on CUDA only)
     fused_optim: bool = MISSING
     pin_memory: bool = MISSING
     cuda_graph: bool = MISSING  # capture each update and policy step as a CUDA graph (CUDA only)
-    compile: str = MISSING  # torch.compile the transformer stacks: auto (CUDA only) | always | never
+    compile: str = choice(COMPILE_CHOICES)  # torch.compile the transformer stacks: auto (CUDA only) | always | never
     compile_backend: str = MISSING  # torch.compile backend (inductor; aot_eager for quick checks)
     replay_on_device: bool = MISSING  # keep replay episodes on the GPU, sample there (CUDA only)
 
@@ -373,8 +389,9 @@ def _merge(cfg: DictConfig, data: dict, origin: str) -> DictConfig:
 
 
 def suite_of(env: str) -> str:
-    suite = env.split("_", 1)[0]
-    if suite not in SUITES:
+    """The suite of an env name by its prefix (:func:`envs.suite_of`); a UserError if none."""
+    suite = env_suite_of(env)
+    if suite is None:
         raise UserError(f"unknown env '{env}': names start with one of {', '.join(s + '_' for s in SUITES)} "
                         "(e.g. atari_pong, dmc_walker_walk, toy_catch)")
     return suite
@@ -456,6 +473,27 @@ def _check(cond: bool, key: str, message: str) -> None:
         raise UserError(f"bad value for config key '{key}': {message}")
 
 
+def choices_of(node: Any = None, prefix: str = "") -> dict:
+    """Dotted key -> allowed values, for every key of the schema declared with :func:`choice`."""
+    node = Config if node is None else node
+    found = {}
+    for f in dataclasses.fields(node):
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            found.update(choices_of(f.default_factory, f"{prefix}{f.name}."))
+        elif "choices" in f.metadata:
+            found[f"{prefix}{f.name}"] = f.metadata["choices"]
+    return found
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    for key, allowed in choices_of().items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            _check(False, key, f"'{value}' is not one of {', '.join(allowed)}{hint}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks the types alone cannot express; each names its key."""
     r, e, m = cfg.run, cfg.env, cfg.mae
@@ -481,20 +519,10 @@ def validate(cfg: DictConfig) -> None:
     _check(0.0 <= e.sticky <= 1.0, "env.sticky", f"must be in [0, 1], got {e.sticky}")
     _check(1 <= e.object_size <= 16, "env.object_size", f"must be 1..16 pixels, got {e.object_size}")
     _check(0.0 <= m.mask_ratio < 1.0, "mae.mask_ratio", f"must be in [0, 1), got {m.mask_ratio}")
-    _check(m.mask_type in ("random", "tube", "block", "grid"), "mae.mask_type",
-           f"'{m.mask_type}' is not one of random, tube, block, grid")
-    _check(m.loss_on in ("all", "masked"), "mae.loss_on", f"'{m.loss_on}' is not one of all, masked")
+    _check_choices(cfg)
     if r.agent in ("mwm", "siammae"):  # the agents that tokenise frames with the MAE's stem
         _check(e.size[0] % m.patch == 0 and e.size[1] % m.patch == 0, "mae.patch",
                f"{m.patch} must divide the image size {list(e.size)}")
-    _check(cfg.wm.reward_transform in ("symlog", "tanh", "none"), "wm.reward_transform",
-           f"'{cfg.wm.reward_transform}' is not one of symlog, tanh, none")
-    _check(cfg.ac.actor_grad in ("auto", "reinforce", "dynamics"), "ac.actor_grad",
-           f"'{cfg.ac.actor_grad}' is not one of auto, reinforce, dynamics")
-    _check(cfg.speed.precision in ("fp32", "bf16"), "speed.precision",
-           f"'{cfg.speed.precision}' is not one of fp32, bf16")
-    _check(cfg.speed.compile in ("auto", "always", "never"), "speed.compile",
-           f"'{cfg.speed.compile}' is not one of auto, always, never")
     zero_ok = {"replay.prefetch", "mae.warmup", "rssm.unimix", "wm.kl_free"}
     for section in ("mae", "wm", "ac", "replay", "rssm"):
         for key, value in cfg[section].items():
@@ -508,6 +536,34 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.wm.token_norm_decay < 1, "wm.token_norm_decay", f"must be in (0, 1), got {cfg.wm.token_norm_decay}")
     _check(cfg.ac.lam <= 1 and cfg.ac.discount <= 1, "ac.lam" if cfg.ac.lam > 1 else "ac.discount",
            "must be at most 1")
+
+
+# ----------------------------------------------------------------------------- construction
+
+# (class, section, prefix) of every construct() call made in this process; the schema test
+# (tests/test_config_schema.py) reads it to check constructor defaults against the YAML.
+CONSTRUCTED: Set[Tuple[type, Tuple[str, ...], str]] = set()
+
+
+def construct(cls: Any, *sections: DictConfig, prefix: str = "", **given: Any) -> Any:
+    """``cls(...)`` with each parameter read from the config ``sections`` under the key
+    ``prefix + parameter`` (later sections win), except those ``given``.
+
+    This replaces hand-written mappings from config keys to constructor arguments: a
+    constructor parameter takes the name of the key it is set from (``MaskedAutoencoder(
+    width=...)`` from ``mae.width``; ``FlatViTEncoder(depth=...)`` from ``wm.flat_depth``
+    with ``prefix="flat_"``). Parameters that are no key keep their default or come in
+    ``given``.
+    """
+    params = inspect.signature(cls).parameters
+    kwargs: dict = {}
+    CONSTRUCTED.add((cls, tuple(str(section._key()) for section in sections), prefix))
+    for section in sections:
+        values = OmegaConf.to_container(section, resolve=True)
+        for name in params:
+            if name not in given and prefix + name in values:
+                kwargs[name] = values[prefix + name]
+    return cls(**kwargs, **given)
 
 
 def save(cfg: DictConfig, path: os.PathLike) -> None:

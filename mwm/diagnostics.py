@@ -98,7 +98,7 @@ def predict(agent, batch: Dict[str, torch.Tensor], context: int = CONTEXT) -> Di
     steps = batch["reward"].shape[1]
     if not 0 < context < steps:
         raise ValueError(f"context {context} must leave at least one step to predict in {steps}")
-    inputs = agent.wm_inputs(batch["image"]).float()  # (B, T, ...)
+    inputs = agent.representation.inputs(batch["image"]).float()  # (B, T, ...)
     action = batch["action"].float()  # (B, T, A)
     post, prior = wm.rssm.observe(wm.encoder(inputs), action, batch["is_first"])
     # The filter is causal: its first ``context`` states read nothing later, so the open
@@ -118,7 +118,7 @@ def open_loop(agent, batch: Dict[str, torch.Tensor], context: int = CONTEXT,
     """Score the agent's world model on sequences (B, context + horizon, ...); see the module doc.
 
     ``agent`` is a Dreamer-family agent: ``agent.wm`` (:class:`mwm.world_model.WorldModel`),
-    ``agent.wm_inputs(images)`` and, where it can decode, ``agent.inputs_to_images``.
+    ``agent.representation`` (:class:`mwm.representation.Representation`).
     Returns floats and per-step lists (index h = horizon step h + 1).
     """
     wm = agent.wm
@@ -134,13 +134,12 @@ def open_loop(agent, batch: Dict[str, torch.Tensor], context: int = CONTEXT,
         true_reward = batch["reward"][:, context:].float().cpu().numpy()
         recon = wm.decoder.loss(out["decoded"], inputs[:, context:]).float()  # (B, H)
         recon_observed = wm.decoder.loss(wm.decoder(out["observed_feat"]), inputs[:, :context]).float()
-        try:
-            images = agent.inputs_to_images(out["decoded"].float())  # (B, H, H_img, W, C) uint8
+        pixel_by_step = None  # for a representation whose outputs do not decode to pixels
+        if agent.representation.decodes:
+            images = agent.representation.to_images(out["decoded"].float())  # (B, H, H_img, W, C) uint8
             truth = batch["image"][:, context:]
             pixel = ((images.float() - truth.float()) / 255.0).pow(2).flatten(2).mean(-1)  # (B, H)
             pixel_by_step = pixel.mean(0).cpu().tolist()
-        except TypeError:  # this agent's outputs do not decode to pixels
-            pixel_by_step = None
         flat = inputs.flatten(0, 1).flatten(1)  # (B*T, n)
         signal = float(flat.var(0).sum() / flat.pow(2).mean(0).sum().clamp_min(1e-12))
     finally:

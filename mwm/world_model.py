@@ -26,7 +26,6 @@ from mwm.losses.dynamics import (categorical_kl, discount_loss, kl_balance_loss,
 from mwm.rssm import RSSM, State
 from mwm.vit import Transformer, sincos_pos_embed_2d
 
-LOSS_NAMES = ("kl", "recon", "reward", "discount")
 
 
 def token_pos_embed(dim: int, num_tokens: int) -> torch.Tensor:
@@ -111,16 +110,6 @@ def rssm_feat_dim(rssm: Mapping[str, object] | None = None) -> int:
     return int(kwargs["deter"]) + int(kwargs["stoch"]) * int(kwargs["classes"])
 
 
-def resolve_loss_scales(loss_scales: Mapping[str, float] | None, names: tuple[str, ...]) -> dict[str, float]:
-    """One scale per loss in ``names`` (default 1.0); a scale for any other name is a UserError."""
-    given = dict(loss_scales or {})
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise UserError(f"loss_scales has {unknown}, which this world model does not compute; "
-                        f"use only {list(names)}")
-    return {name: float(given.get(name, 1.0)) for name in names}
-
-
 class WorldModel(nn.Module):
     """Encoder, RSSM, decoder, reward head and (optionally) discount head.
 
@@ -135,13 +124,17 @@ class WorldModel(nn.Module):
         discount_head: learn the continuation flag (Atari) or assume episodes never end.
         head_norm: LayerNorm in the head MLPs (official MWM and DreamerV2: none).
         kl_balance, kl_free: see :func:`mwm.losses.dynamics.kl_balance_loss`.
-        loss_scales: per-loss weights, keys among kl, recon, reward, discount; missing = 1.0.
+        kl_scale, recon_scale, reward_scale, discount_scale: the weights of the loss terms
+            (:meth:`loss`); the discount weight applies only with ``discount_head``.
+
+    Defaults are those of configs/defaults.yaml (tests/test_config_schema.py checks it).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, embed_dim: int, action_dim: int,
                  rssm: Mapping[str, object] | None = None, head_layers: int = 4, head_units: int = 512,
-                 reward_transform: str = "symlog", discount_head: bool = True, head_norm: bool = False, kl_balance: float = 0.8,
-                 kl_free: float = 0.0, loss_scales: Mapping[str, float] | None = None):
+                 reward_transform: str = "symlog", discount_head: bool = False, head_norm: bool = False,
+                 kl_balance: float = 0.8, kl_free: float = 0.01, kl_scale: float = 1.0, recon_scale: float = 1.0,
+                 reward_scale: float = 1.0, discount_scale: float = 1.0):
         super().__init__()
         if not callable(getattr(decoder, "loss", None)):
             raise UserError(f"decoder {type(decoder).__name__} has no loss(pred, target) method; "
@@ -161,8 +154,9 @@ class WorldModel(nn.Module):
                               if discount_head else None)
         self.kl_balance = kl_balance
         self.kl_free = kl_free
-        names = LOSS_NAMES if discount_head else tuple(n for n in LOSS_NAMES if n != "discount")
-        self.loss_scales = resolve_loss_scales(loss_scales, names)
+        self.loss_scales = {"kl": float(kl_scale), "recon": float(recon_scale), "reward": float(reward_scale)}
+        if discount_head:
+            self.loss_scales["discount"] = float(discount_scale)
 
     @property
     def feat_dim(self) -> int:

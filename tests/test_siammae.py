@@ -202,19 +202,23 @@ def test_agent_updates_reports_and_round_trips(tmp_path):
     replay = Replay(str(tmp_path / "replay"), capacity=1000, seed=0)
     for seed in range(2):
         replay.add_episode(toy_episode(20, 3, seed))
-    before = [p.detach().clone() for p in agent.mae.parameters()]
+    before = [p.detach().clone() for p in agent.representation.mae.parameters()]
     metrics = agent.update(replay)
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
     for key in ("siammae/pixel_loss", "siammae/gap", "mae/grad_norm", "wm/kl_loss", "ac/actor_loss"):
         assert key in metrics
-    assert any(not torch.equal(a, b) for a, b in zip(before, agent.mae.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.representation.mae.parameters()))
     media = agent.report(replay)
-    assert media["siammae/past_future_masked_reconstruction"].shape == (5 * 64, 8 * 64, 3)
+    from mwm.representations.mae import FIGURE_GAP, FIGURE_LABELS
+
+    rows, pairs = 5, 8  # past | future | masked | reconstruction | pasted, of 8 pairs
+    assert media["siammae/past_future_masked_reconstruction"].shape == (
+        rows * 64 + (rows - 1) * FIGURE_GAP, FIGURE_LABELS + pairs * 64 + (pairs - 1) * FIGURE_GAP, 3)
     assert "wm/open_loop" in media
     obs = {"image": torch.zeros(2, 64, 64, 3, dtype=torch.uint8), "is_first": torch.ones(2, dtype=torch.bool)}
     action, _ = agent.policy(obs, None, "eval")
     assert action.shape == (2, 3)
     clone = make_agent(cfg, obs_space, gym.spaces.Discrete(3), torch.device("cpu"))
     clone.load_state_dict(agent.state_dict())
-    assert clone.mae_opt.updates == agent.mae_opt.updates == 1
+    assert clone.rep_opt.updates == agent.rep_opt.updates == 1
     agent.close()

@@ -374,7 +374,7 @@ def losses_and_policy_on_meta(name: str, act_space) -> None:
     agent.to("meta")
     agent.device = torch.device("meta")
     batch = meta_batch(agent)
-    inputs = agent.wm_inputs(batch["image"])
+    inputs = agent.representation.inputs(batch["image"])
     loss, post, _ = agent.wm.loss(inputs, batch["action"], batch["reward"], batch["is_first"], batch["is_terminal"])
     loss.backward()
     actor_loss, critic_loss, _ = agent.ac.loss(agent.wm, post, batch["is_terminal"])

@@ -80,39 +80,39 @@ def test_agent_updates_statistics_in_training_only_and_checkpoints_them(tmp_path
         replay.add_episode(toy_episode(20, 3, seed))
     obs = {"image": torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8), "is_first": torch.ones(2, dtype=torch.bool)}
     agent.policy(obs, None, "train")
-    assert agent.token_norm.count.item() == 0  # acting reads the statistics, never changes them
+    assert agent.representation.token_norm.count.item() == 0  # acting reads the statistics, never changes them
     agent.update(replay)
-    assert agent.token_norm.count.item() == 1
-    mean = agent.token_norm.mean.clone()
+    assert agent.representation.token_norm.count.item() == 1
+    mean = agent.representation.token_norm.mean.clone()
     # the world model reads standardised tokens: the training batch's entries are centred
     images = torch.as_tensor(replay.sample(4, 8)["image"])
-    inputs = agent.wm_inputs(images)
-    raw = agent.mae.features(images.flatten(0, 1))
-    torch.testing.assert_close(inputs.flatten(0, 1), agent.token_norm(raw))
+    inputs = agent.representation.inputs(images)
+    raw = agent.representation.mae.features(images.flatten(0, 1))
+    torch.testing.assert_close(inputs.flatten(0, 1), agent.representation.token_norm(raw))
     # decoding predicted tokens to pixels undoes the standardisation first
     # (uint8 pixels: the inverse's float round-off may move a value across a rounding edge by one level)
-    torch.testing.assert_close(agent.inputs_to_images(inputs).float(), _decode_raw(agent, raw, images.shape[:2]).float(),
+    torch.testing.assert_close(agent.representation.to_images(inputs).float(), _decode_raw(agent, raw, images.shape[:2]).float(),
                                atol=1.0, rtol=0.0)
     clone = make_agent(cfg, obs_space, gym.spaces.Discrete(3), torch.device("cpu"))
     clone.load_state_dict(agent.state_dict())
-    torch.testing.assert_close(clone.token_norm.mean, mean)
-    assert clone.token_norm.count.item() == 1
+    torch.testing.assert_close(clone.representation.token_norm.mean, mean)
+    assert clone.representation.token_norm.count.item() == 1
     agent.close()
 
 
 def _decode_raw(agent, raw, lead):
-    agent_norm, agent.token_norm = agent.token_norm, None
+    agent_norm, agent.representation.token_norm = agent.representation.token_norm, None
     try:
-        return agent.inputs_to_images(raw.reshape(*lead, *raw.shape[1:]))
+        return agent.representation.to_images(raw.reshape(*lead, *raw.shape[1:]))
     finally:
-        agent.token_norm = agent_norm
+        agent.representation.token_norm = agent_norm
 
 
 def test_off_by_default_reads_the_raw_tokens():
     _, _, agent = _agent(False)
-    assert agent.token_norm is None
+    assert agent.representation.token_norm is None
     images = torch.randint(0, 255, (1, 2, 64, 64, 3), dtype=torch.uint8)
-    torch.testing.assert_close(agent.wm_inputs(images, train=True)[0], agent.mae.features(images[0]))
+    torch.testing.assert_close(agent.representation.inputs(images, train=True)[0], agent.representation.mae.features(images[0]))
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, 1.5])

@@ -20,7 +20,7 @@ from agents.curl.checks import check_atari100k, check_settings
 from agents.curl.frames import push_frame, to_channels
 from agents.curl.rainbow_learner import RainbowLearner
 from agents.curl.sac_learner import SacLearner
-from mwm.config import suite_of
+from mwm.config import construct, suite_of
 from replay.transitions import TransitionSampler
 
 
@@ -51,22 +51,13 @@ class CurlAgent(Agent):
         self.beta_start = c.priority_beta
         self.anneal_updates = (run.steps - run.prefill) // run.train_every * run.train_steps
         self.pad, self.crop = c.pad, crop
-        conv = dict(channels=list(c.channels), kernels=list(c.kernels), strides=list(c.strides))
-        shared = dict(pad=c.pad, crop=crop, eps=c.eps, clip=c.clip, aux_weight=c.aux_weight,
-                      logit_scale=c.logit_scale, key_tau=c.key_tau, target_every=c.target_every,
-                      device=device, fused=bool(cfg.speed.fused_optim) and device.type == "cuda")
-        in_channels = c.history * colors
+        # Every learner argument not given here is the curl key of the same name.
+        given = dict(in_channels=c.history * colors, crop=crop, device=device,
+                     fused=bool(cfg.speed.fused_optim) and device.type == "cuda")
         if self.discrete:
-            self.learner = RainbowLearner(in_channels, crop, self.action_size, **conv, **shared, hidden=c.hidden,
-                                          latent=c.latent, atoms=c.atoms, v_min=c.v_min, v_max=c.v_max,
-                                          noisy_std=c.noisy_std, lr=c.lr)
+            self.learner = construct(RainbowLearner, c, image_size=crop, num_actions=self.action_size, **given)
         else:
-            self.learner = SacLearner(in_channels, self.action_size, **conv, **shared, feature_dim=c.feature_dim,
-                                      hidden=c.hidden, log_std_min=c.log_std_min, log_std_max=c.log_std_max,
-                                      init_temperature=c.init_temperature, actor_lr=c.actor_lr,
-                                      critic_lr=c.critic_lr, encoder_lr=c.encoder_lr, alpha_lr=c.alpha_lr,
-                                      actor_beta=c.actor_beta, critic_beta=c.critic_beta,
-                                      alpha_beta=c.alpha_beta, critic_tau=c.critic_tau, actor_every=c.actor_every)
+            self.learner = construct(SacLearner, c, action_dim=self.action_size, **given)
         self._sampler: Optional[TransitionSampler] = None
 
     # ------------------------------------------------------------------ acting

@@ -38,13 +38,16 @@ from agents.curl.augment import augment, center_crop
 from agents.curl.contrastive import BilinearSimilarity, KeyEncoder, ProjectionHead, ema_update
 from agents.curl.encoder import ConvEncoder as CurlEncoder
 from agents.curl.losses import contrastive_logits, info_nce_loss
-from agents.dreamerv2.agent import to_unit_range
+from mwm.config import construct
 from mwm.conv import ConvDecoder, ConvEncoder
 from mwm.errors import UserError
 from mwm.losses.dynamics import image_recon_loss
 from mwm.mae import MaskedAutoencoder
 from mwm.masking import make_masking
 from mwm.optim import Optimizer
+from mwm.representations.mae import build_mae
+from mwm.representations.pixels import to_unit_range
+from mwm.representations.siammae import build_siammae
 from mwm.siammae import SiameseMaskedAutoencoder, check_gaps, frame_pairs
 
 METHODS = ("mwm", "mae", "simmim", "siammae", "dreamerv2", "curl", "random")
@@ -148,7 +151,7 @@ class SiamMAEMethod(TokenFeatures, ProbeMethod):
 
 
 def from_unit_range(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of DreamerV2's :func:`agents.dreamerv2.agent.to_unit_range`, clipped:
+    """Inverse of DreamerV2's :func:`mwm.representations.pixels.to_unit_range`, clipped:
     float (..., C, H, W) -> uint8 (..., H, W, C)."""
     return ((x + 0.5) * 255.0).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1)
 
@@ -218,15 +221,6 @@ class CurlMethod(ProbeMethod):
 # ----------------------------------------------------------------------------- building
 
 
-def masked_autoencoder(m, channels: int, image_size: int, stem: bool, simmim: bool) -> MaskedAutoencoder:
-    """A :class:`MaskedAutoencoder` sized by the ``mae`` config block ``m``."""
-    return MaskedAutoencoder(
-        in_channels=channels, image_size=image_size, stem=stem, stem_channels=tuple(m.stem_channels),
-        patch=m.patch, width=m.width, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dec_width=m.dec_width,
-        dec_depth=m.dec_depth, dec_heads=m.dec_heads, simmim=simmim, reward_head=m.reward_head,
-        loss_on=m.loss_on, norm_pix=m.norm_pix, reward_scale=m.reward_scale)
-
-
 def make_method(name: str, cfg, image_shape: Tuple[int, int, int], device: torch.device
                 ) -> Tuple[ProbeMethod, Optional[Optimizer]]:
     """Build method ``name`` for images (H, W, C) from the config blocks, with its optimiser
@@ -238,21 +232,17 @@ def make_method(name: str, cfg, image_shape: Tuple[int, int, int], device: torch
     m = cfg.mae
     fused = cfg.speed.fused_optim and device.type == "cuda"
     if name in ("mwm", "mae", "simmim", "random"):
-        model = masked_autoencoder(m, channels, height, stem=name in ("mwm", "random"), simmim=name == "simmim")
+        model = build_mae(cfg, image_shape, stem=name in ("mwm", "random"), simmim=name == "simmim")
         method: ProbeMethod = MaskedAutoencoderMethod(model, m.mask_type, m.mask_ratio, m.batch, m.length,
                                                       trains=name != "random")
     elif name == "siammae":
         s = cfg.siammae
-        model = SiameseMaskedAutoencoder(
-            in_channels=channels, image_size=height, stem=m.stem, stem_channels=tuple(m.stem_channels),
-            patch=m.patch, width=m.width, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
-            dec_width=s.dec_width, dec_depth=s.dec_depth, dec_heads=s.dec_heads, mask_ratio=s.mask_ratio,
-            reward_head=m.reward_head, loss_on=m.loss_on, norm_pix=m.norm_pix, reward_scale=m.reward_scale)
+        model = build_siammae(cfg, image_shape)
         method = SiamMAEMethod(model, m.mask_type, s.gap_min, s.gap_max, s.batch)
     elif name == "dreamerv2":
-        encoder = ConvEncoder(channels, cfg.wm.cnn_depth)
-        method = ConvAutoencoderMethod(encoder, ConvDecoder(encoder.out_dim, channels, cfg.wm.cnn_depth),
-                                       m.batch, m.length)
+        encoder = construct(ConvEncoder, cfg.wm, prefix="cnn_", in_channels=channels)
+        decoder = construct(ConvDecoder, cfg.wm, prefix="cnn_", feat_dim=encoder.out_dim, out_channels=channels)
+        method = ConvAutoencoderMethod(encoder, decoder, m.batch, m.length)
     else:
         c = cfg.curl
         crop = c.crop or height
