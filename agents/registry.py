@@ -22,6 +22,14 @@ def agent_class(name: str):
 
 
 def make_agent(cfg, obs_space, act_space, device):
-    """Build the agent named by ``cfg.run.agent`` on ``device``."""
-    agent = agent_class(cfg.run.agent)(cfg, obs_space, act_space, device)
+    """Build the agent named by ``cfg.run.agent`` on ``device``.
+
+    Model code raises ValueError for arguments it cannot work with; here those arguments
+    come from the user's config, so the entry points get a :class:`UserError` (one line,
+    exit status 2) instead.
+    """
+    try:
+        agent = agent_class(cfg.run.agent)(cfg, obs_space, act_space, device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     return agent.to(device)

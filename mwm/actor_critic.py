@@ -27,7 +27,6 @@ import copy
 import torch
 from torch import nn
 
-from mwm.errors import UserError
 from mwm.heads import ActorHead, MSEHead
 from mwm.losses.behavior import (actor_entropy_loss, critic_loss, dynamics_actor_loss, lambda_returns,
                                  reinforce_actor_loss)
@@ -66,11 +65,11 @@ class ActorCritic(nn.Module):
                  min_std: float = 0.1, critic_transform: str = "symlog", norm: bool = False):
         super().__init__()
         if actor_grad not in ACTOR_GRADS:
-            raise UserError(f"unknown actor_grad '{actor_grad}': use one of {', '.join(ACTOR_GRADS)}")
+            raise ValueError(f"unknown actor_grad '{actor_grad}': use one of {', '.join(ACTOR_GRADS)}")
         if slow_critic_every < 1:
-            raise UserError(f"slow_critic_every must be at least 1, got {slow_critic_every}")
+            raise ValueError(f"slow_critic_every must be at least 1, got {slow_critic_every}")
         if horizon < 1:
-            raise UserError(f"imagination horizon must be at least 1, got {horizon}")
+            raise ValueError(f"imagination horizon must be at least 1, got {horizon}")
         self.discrete = discrete
         self.horizon = horizon
         self.discount = discount
@@ -105,7 +104,7 @@ class ActorCritic(nn.Module):
     def act(self, feat: torch.Tensor, mode: str = "train") -> torch.Tensor:
         """Action (..., A) for features (..., F): a sample ("train") or the mode ("eval")."""
         if mode not in ACT_MODES:
-            raise UserError(f"unknown act mode '{mode}': use one of {', '.join(ACT_MODES)}")
+            raise ValueError(f"unknown act mode '{mode}': use one of {', '.join(ACT_MODES)}")
         dist = self.actor(feat)
         return dist.sample() if mode == "train" else dist.mode()
 

@@ -8,7 +8,6 @@ unit-variance Gaussian; its loss is :func:`mwm.losses.dynamics.image_recon_loss`
 import torch
 from torch import nn
 
-from mwm.errors import UserError
 from mwm.losses.dynamics import image_recon_loss
 
 IMAGE_SIZE = 64
@@ -31,7 +30,7 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(channels, depth * 2**i, kernel, stride=2), nn.ELU()]
             channels, size = depth * 2**i, (size - kernel) // 2 + 1
         if size < 1:
-            raise UserError(f"conv kernels {kernels} shrink a {IMAGE_SIZE}x{IMAGE_SIZE} image to nothing; "
+            raise ValueError(f"conv kernels {kernels} shrink a {IMAGE_SIZE}x{IMAGE_SIZE} image to nothing; "
                             "use fewer or smaller kernels")
         self.net = nn.Sequential(*layers)
         self.in_channels = in_channels
@@ -42,7 +41,7 @@ class ConvEncoder(nn.Module):
         lead = image.shape[:-3]
         expected = (self.in_channels, IMAGE_SIZE, IMAGE_SIZE)
         if image.shape[-3:] != expected:
-            raise UserError(f"ConvEncoder expects images (..., C, H, W) = (..., {expected[0]}, 64, 64), "
+            raise ValueError(f"ConvEncoder expects images (..., C, H, W) = (..., {expected[0]}, 64, 64), "
                             f"got {tuple(image.shape)}; resize the observations to 64x64 with that many channels")
         x = self.net(image.reshape(-1, *image.shape[-3:]))  # (B*T, C', h, w)
         return x.reshape(*lead, self.out_dim)  # (B, T, out_dim)

@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from mwm.distributions import Bernoulli, OneHotCategorical, TruncatedNormal
-from mwm.errors import UserError
 from mwm.transforms import symexp, symlog
 
 TRANSFORMS = ("symlog", "tanh", "none")
@@ -31,9 +30,9 @@ ACTIVATIONS = ("elu", "relu", "silu", "tanh")
 
 
 def check_transform(name: str) -> str:
-    """Return ``name`` if it is a known target transform, else raise a UserError."""
+    """Return ``name`` if it is a known target transform, else raise ValueError."""
     if name not in TRANSFORMS:
-        raise UserError(f"unknown target transform '{name}': use one of {', '.join(TRANSFORMS)}")
+        raise ValueError(f"unknown target transform '{name}': use one of {', '.join(TRANSFORMS)}")
     return name
 
 
@@ -57,7 +56,7 @@ def make_activation(name: str) -> nn.Module:
     """An activation module by name (DreamerV2 default: elu)."""
     layers = {"elu": nn.ELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
     if name not in layers:
-        raise UserError(f"unknown activation '{name}': use one of {', '.join(ACTIVATIONS)}")
+        raise ValueError(f"unknown activation '{name}': use one of {', '.join(ACTIVATIONS)}")
     return layers[name]()
 
 

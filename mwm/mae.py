@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mwm.errors import UserError
 from mwm.losses.representation import LOSS_ON, NORM_PIX_EPS, mae_pixel_loss, mae_reward_loss
 from mwm.masking import Masking, gather_tokens, keep_all, restore_tokens
 from mwm.stem import ConvStem, PatchEmbed, deprocess, preprocess
@@ -53,14 +52,14 @@ class MaskedAutoencoder(nn.Module):
     ):
         super().__init__()
         if image_size % patch != 0:
-            raise UserError(f"image size {image_size} is not a multiple of the patch size {patch}; change one of them")
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}; change one of them")
         if stem and 2 ** len(stem_channels) != patch:
-            raise UserError(
+            raise ValueError(
                 f"a conv stem of {len(stem_channels)} stride-2 convs downsamples by {2 ** len(stem_channels)}, "
                 f"not the patch size {patch}; use {patch.bit_length() - 1} stem channels or patch {2 ** len(stem_channels)}"
             )
         if loss_on not in LOSS_ON:
-            raise UserError(f"unknown MAE loss_on {loss_on!r}; use 'all' (official MWM) or 'masked' (MAE paper)")
+            raise ValueError(f"unknown MAE loss_on {loss_on!r}; use 'all' (official MWM) or 'masked' (MAE paper)")
         self.in_channels = in_channels
         self.image_size = image_size
         self.patch = patch
@@ -114,20 +113,20 @@ class MaskedAutoencoder(nn.Module):
         return x.reshape(n, -1, g * p, g * p)  # (N, C, H, W)
 
     def check_images(self, images: torch.Tensor) -> None:
-        """Raise :class:`UserError` unless images are (N, image_size, image_size, in_channels)."""
+        """Raise ValueError unless images are (N, image_size, image_size, in_channels)."""
         expected = (self.image_size, self.image_size, self.in_channels)
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise UserError(
+            raise ValueError(
                 f"MAE expects images (N, {', '.join(map(str, expected))}), got {tuple(images.shape)}; "
                 "check the env's image size and grayscale setting"
             )
         if images.dtype != torch.uint8:
-            raise UserError(f"MAE expects uint8 images in [0, 255], got {images.dtype}; pass the raw observations")
+            raise ValueError(f"MAE expects uint8 images in [0, 255], got {images.dtype}; pass the raw observations")
 
     def check_masking(self, masking: Masking, n: int) -> None:
-        """Raise :class:`UserError` unless the masking covers n frames of L tokens."""
+        """Raise ValueError unless the masking covers n frames of L tokens."""
         if tuple(masking.mask.shape) != (n, self.num_tokens):
-            raise UserError(
+            raise ValueError(
                 f"masking is for {tuple(masking.mask.shape)} (frames, tokens) but the batch needs "
                 f"({n}, {self.num_tokens}); build it with num_tokens=model.num_tokens for every frame"
             )

@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 import torch
 
-from mwm.errors import UserError
 
 MASKING_KINDS = ("random", "tube", "block", "grid")
 
@@ -47,9 +46,9 @@ class Masking(NamedTuple):
 
 
 def check_ratio(ratio: float) -> None:
-    """Raise :class:`UserError` unless 0 <= ratio < 1."""
+    """Raise ValueError unless 0 <= ratio < 1."""
     if not 0.0 <= ratio < 1.0:
-        raise UserError(f"mask ratio {ratio} is outside [0, 1); use e.g. 0.75 (MWM) or 0 for no masking")
+        raise ValueError(f"mask ratio {ratio} is outside [0, 1); use e.g. 0.75 (MWM) or 0 for no masking")
 
 
 def num_kept(num_tokens: int, ratio: float) -> int:
@@ -57,7 +56,7 @@ def num_kept(num_tokens: int, ratio: float) -> int:
     check_ratio(ratio)
     kept = int(math.floor(num_tokens * (1.0 - ratio) + _ROUNDING_SLACK))
     if kept < 1:
-        raise UserError(f"mask ratio {ratio} keeps no token of {num_tokens}; lower the ratio")
+        raise ValueError(f"mask ratio {ratio} keeps no token of {num_tokens}; lower the ratio")
     return kept
 
 
@@ -126,7 +125,7 @@ def _square_grid(num_tokens: int) -> int:
     """Side of the square token grid holding ``num_tokens`` tokens."""
     side = math.isqrt(num_tokens)
     if side * side != num_tokens:
-        raise UserError(f"block and grid masking need a square token grid, got {num_tokens} tokens; use random masking")
+        raise ValueError(f"block and grid masking need a square token grid, got {num_tokens} tokens; use random masking")
     return side
 
 
@@ -189,7 +188,7 @@ def _grid_cell(side: int, ratio: float) -> tuple[int, int]:
             if fits and abs((1.0 - 1.0 / (cell_h * cell_w)) - ratio) < 1e-3:
                 return cell_h, cell_w
     supported = ", ".join(f"{r:.4g}" for r in grid_ratios(side * side))
-    raise UserError(f"grid masking cannot use ratio {ratio} on a {side}x{side} grid; use one of {supported}")
+    raise ValueError(f"grid masking cannot use ratio {ratio} on a {side}x{side} grid; use one of {supported}")
 
 
 def grid_masking(
@@ -230,7 +229,7 @@ def make_masking(
     one per frame. Ratio 0 keeps every token in order, whatever the kind.
     """
     if kind not in MASKING_KINDS:
-        raise UserError(f"unknown masking kind {kind!r}; use one of {', '.join(MASKING_KINDS)}")
+        raise ValueError(f"unknown masking kind {kind!r}; use one of {', '.join(MASKING_KINDS)}")
     check_ratio(ratio)
     if ratio == 0.0:
         return keep_all(batch * time, num_tokens, device)

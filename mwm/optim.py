@@ -9,7 +9,6 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from mwm.errors import UserError
 
 # Adam param-group keys that describe how an update is computed, not training state; they
 # come from the config, not the checkpoint (so optimiser settings may change on resume).
@@ -75,15 +74,15 @@ class Optimizer:
         self.name = name
         self.params = [p for p in params if p.requires_grad]
         if not self.params:
-            raise UserError(f"optimizer '{name}' got no trainable parameters; check which module it is given")
+            raise ValueError(f"optimizer '{name}' got no trainable parameters; check which module it is given")
         if lr <= 0:
-            raise UserError(f"optimizer '{name}' needs a positive learning rate, got {lr}")
+            raise ValueError(f"optimizer '{name}' needs a positive learning rate, got {lr}")
         if warmup < 0 or wd < 0:
-            raise UserError(f"optimizer '{name}': warmup ({warmup}) and wd ({wd}) must not be negative")
+            raise ValueError(f"optimizer '{name}': warmup ({warmup}) and wd ({wd}) must not be negative")
         device = self.params[0].device
         self.fused = device.type == "cuda" if fused is None else fused
         if capturable and not self.fused:
-            raise UserError(f"optimizer '{name}': the CUDA-graph form needs fused Adam; "
+            raise ValueError(f"optimizer '{name}': the CUDA-graph form needs fused Adam; "
                             "set speed.fused_optim true or speed.cuda_graph false")
         self.capturable = capturable
         self.lr = lr

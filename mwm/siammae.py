@@ -23,7 +23,6 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mwm.errors import UserError
 from mwm.losses.representation import NORM_PIX_EPS
 from mwm.losses.siamese import future_frame_loss
 from mwm.mae import GREY, MaskedAutoencoder
@@ -42,9 +41,9 @@ class FramePairs(NamedTuple):
 
 
 def check_gaps(gap_min: int, gap_max: int) -> None:
-    """Raise :class:`UserError` unless 1 <= gap_min <= gap_max."""
+    """Raise ValueError unless 1 <= gap_min <= gap_max."""
     if not 1 <= gap_min <= gap_max:
-        raise UserError(
+        raise ValueError(
             f"SiamMAE frame gap range [{gap_min}, {gap_max}] is empty or starts below 1; "
             "set 1 <= siammae.gap_min <= siammae.gap_max (e.g. 1 and 3 agent steps)"
         )
@@ -83,7 +82,7 @@ class CrossSelfDecoder(nn.Module):
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6):
         super().__init__()
         if depth < 1:
-            raise UserError(f"SiamMAE decoder depth {depth} must be at least 1; set siammae.dec_depth")
+            raise ValueError(f"SiamMAE decoder depth {depth} must be at least 1; set siammae.dec_depth")
         self.blocks = nn.ModuleList(CrossBlock(dim, heads, mlp_ratio, eps) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=eps)
 
@@ -135,7 +134,7 @@ class SiameseMaskedAutoencoder(MaskedAutoencoder):
         )
         self.decoder = CrossSelfDecoder(dec_width, dec_depth, dec_heads, mlp_ratio)
         self.mask_ratio = mask_ratio
-        self.future_kept = num_kept(self.num_tokens, mask_ratio)  # K; raises UserError on a bad ratio
+        self.future_kept = num_kept(self.num_tokens, mask_ratio)  # K; raises ValueError on a bad ratio
 
     # ----------------------------------------------------------------- masking
 

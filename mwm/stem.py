@@ -11,7 +11,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mwm.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,7 +23,7 @@ def channel_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
     if channels % 3 == 0:
         return IMAGENET_MEAN * (channels // 3), IMAGENET_STD * (channels // 3)
-    raise UserError(f"images have {channels} channels; use 1 (grayscale) or a multiple of 3 (RGB)")
+    raise ValueError(f"images have {channels} channels; use 1 (grayscale) or a multiple of 3 (RGB)")
 
 
 def _stats_tensors(channels: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mwm.errors import UserError
 
 
 def init_weights(module: nn.Module) -> None:
@@ -40,7 +39,7 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
     register it as a buffer.
     """
     if dim % 4 != 0:
-        raise UserError(f"position embedding width {dim} must be divisible by 4; pick a token width like 128 or 256")
+        raise ValueError(f"position embedding width {dim} must be divisible by 4; pick a token width like 128 or 256")
     rows = torch.arange(grid_h).repeat_interleave(grid_w)  # (grid_h * grid_w,)
     cols = torch.arange(grid_w).repeat(grid_h)  # (grid_h * grid_w,)
     embed = torch.cat([_sincos_1d(dim // 2, rows), _sincos_1d(dim // 2, cols)], dim=1)  # (L, dim)
@@ -57,7 +56,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         if dim % heads != 0:
-            raise UserError(f"attention width {dim} is not divisible by {heads} heads; change the width or the heads")
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads; change the width or the heads")
         self.heads = heads
         self.to_q = nn.Linear(dim, dim)
         self.to_kv = nn.Linear(dim, 2 * dim)

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from mwm.distributions import OneHotCategorical
-from mwm.errors import UserError
 from mwm.heads import BernoulliHead, MSEHead
 from mwm.losses.dynamics import (categorical_kl, discount_loss, kl_balance_loss, latent_recon_loss,
                                  reward_loss)
@@ -39,7 +38,7 @@ def token_pos_embed(dim: int, num_tokens: int) -> torch.Tensor:
         if grid > 0 and grid * grid == num_tokens - extra:
             embed = sincos_pos_embed_2d(dim, grid, grid)  # (g*g, dim)
             return torch.cat([torch.zeros(extra, dim), embed], dim=0)  # (num_tokens, dim)
-    raise UserError(f"{num_tokens} tokens are not a square grid (plus an optional cls token); "
+    raise ValueError(f"{num_tokens} tokens are not a square grid (plus an optional cls token); "
                     "use e.g. 65 (cls + 8x8) or 64")
 
 
@@ -63,7 +62,7 @@ class FlatViTEncoder(nn.Module):
         """(B, T, L, Dt) -> (B, T, W)."""
         lead = tokens.shape[:-2]
         if tokens.shape[-2:] != (self.num_tokens, self.token_dim):
-            raise UserError(f"FlatViTEncoder expects tokens (..., {self.num_tokens}, {self.token_dim}), "
+            raise ValueError(f"FlatViTEncoder expects tokens (..., {self.num_tokens}, {self.token_dim}), "
                             f"got {tuple(tokens.shape)}; match num_tokens/token_dim to the MAE")
         x = self.proj(tokens.reshape(-1, self.num_tokens, self.token_dim)) + self.pos  # (B*T, L, W)
         x = self.transformer(x).mean(dim=1)  # (B*T, W)
@@ -137,12 +136,12 @@ class WorldModel(nn.Module):
                  reward_scale: float = 1.0, discount_scale: float = 1.0):
         super().__init__()
         if not callable(getattr(decoder, "loss", None)):
-            raise UserError(f"decoder {type(decoder).__name__} has no loss(pred, target) method; "
+            raise ValueError(f"decoder {type(decoder).__name__} has no loss(pred, target) method; "
                             "give it one returning a (B, T) reconstruction loss")
         rssm = dict(rssm or {})
         allowed = set(inspect.signature(RSSM).parameters) - {"embed_dim", "action_dim"}
         if set(rssm) - allowed:
-            raise UserError(f"unknown RSSM options {sorted(set(rssm) - allowed)}; use {sorted(allowed)}")
+            raise ValueError(f"unknown RSSM options {sorted(set(rssm) - allowed)}; use {sorted(allowed)}")
         self.encoder = encoder
         self.decoder = decoder
         self.embed_dim = embed_dim
@@ -238,7 +237,7 @@ class WorldModel(nn.Module):
         """
         steps = inputs.shape[1]
         if not 0 < context <= steps:
-            raise UserError(f"open-loop context {context} must be in [1, {steps}] (the sequence length)")
+            raise ValueError(f"open-loop context {context} must be in [1, {steps}] (the sequence length)")
         embed = self.encoder(inputs[:, :context])  # (B, k, E)
         post, _ = self.rssm.observe(embed, action[:, :context], is_first[:, :context])
         feats = [self.feature(post)]  # (B, k, F)

@@ -7,7 +7,6 @@ import torch
 
 from mwm.actor_critic import ActorCritic
 from mwm.distributions import TruncatedNormal
-from mwm.errors import UserError
 from mwm.heads import ActorHead
 from mwm.losses.behavior import (actor_entropy_loss, critic_loss, dynamics_actor_loss, lambda_returns,
                                  reinforce_actor_loss)
@@ -200,7 +199,7 @@ def test_act_modes():
     continuous = tiny_actor_critic(False)
     action = continuous.act(feat, "train")
     assert action.shape == (5, A) and torch.all(action.abs() < 1.0)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         continuous.act(feat, "explore")
 
 

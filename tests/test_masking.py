@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from mwm.errors import UserError
 from mwm.masking import (
     MASKING_KINDS,
     block_masking,
@@ -124,21 +123,21 @@ def test_grid_masking_keeps_one_token_per_cell(ratio, cell):
 
 def test_grid_masking_rejects_unsupported_ratio():
     assert 0.75 in grid_ratios(64)
-    with pytest.raises(UserError, match="grid masking"):
+    with pytest.raises(ValueError, match="grid masking"):
         grid_masking(2, 64, 0.6, "cpu")
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
 @pytest.mark.parametrize("kind", MASKING_KINDS)
 def test_bad_ratio_raises_user_error(kind, ratio):
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         make_masking(kind, 2, 2, 64, ratio, "cpu")
 
 
 def test_unknown_kind_and_empty_keep_raise_user_error():
-    with pytest.raises(UserError, match="unknown masking kind"):
+    with pytest.raises(ValueError, match="unknown masking kind"):
         make_masking("checkerboard", 1, 1, 64, 0.5, "cpu")
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         random_masking(1, 4, 0.9, "cpu")
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         block_masking(1, 10, 0.5, "cpu")

@@ -40,7 +40,12 @@ def test_probe_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     assert math.isclose(mean, np.mean([float(r["frame_mse"]) for r in rows]), rel_tol=1e-4)
     table = (logdir / "summary.md").read_text()
     assert "| toy_catch | mwm | random 0.75 | 6 | 2 |" in table
-    assert table.splitlines()[2] in capsys.readouterr().out  # the table is printed too
+    out = capsys.readouterr().out
+    assert table.splitlines()[2] in out  # the table is printed too
+    assert "(n=2: " in table  # two seeds: their values, no interval
+    for seed in (3, 4):  # each seed's progress is named and counts updates
+        assert f"seed {seed}: training mwm for 3 updates" in out
+    assert "3/3 100%" in out and ("updates/s" in out or "s/update" in out)
     for name in ("reconstructions-seed3.png", "reconstructions-seed4.png", "metrics.png"):
         assert (logdir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((logdir / "seed3").glob("events.out.tfevents.*"))

@@ -191,7 +191,7 @@ def test_optimizer_state_moves_between_the_two_forms(source, target):
 
 
 def test_graph_form_needs_fused_adam():
-    with pytest.raises(UserError, match="fused"):
+    with pytest.raises(ValueError, match="fused"):
         Optimizer("m", [torch.nn.Parameter(torch.ones(1))], lr=0.1, fused=False, capturable=True)
 
 

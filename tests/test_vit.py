@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from mwm.errors import UserError
 from mwm.vit import Attention, Block, CrossBlock, Transformer, sincos_pos_embed_2d
 
 
@@ -96,7 +95,7 @@ def test_pos_embed_is_fixed_with_distinct_rows():
 
 
 def test_bad_widths_raise_user_error():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         Attention(10, heads=4)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         sincos_pos_embed_2d(6, 2, 2)

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, Independent, kl_divergence
 
 from mwm.conv import ConvDecoder, ConvEncoder
-from mwm.errors import UserError
 from mwm.losses.dynamics import discount_loss, kl_balance_loss, latent_recon_loss, reward_loss
 from mwm.optim import Optimizer
 from mwm.transforms import symlog
@@ -168,7 +167,7 @@ def test_conv_shapes():
     assert encoder(torch.zeros(2, 3, 1, 64, 64)).shape == (2, 3, encoder.out_dim)
     assert ConvEncoder(3).out_dim == 1536  # DreamerV2: 384 x 2 x 2
     assert ConvDecoder(10, 1, depth=4)(torch.zeros(2, 3, 10)).shape == (2, 3, 1, 64, 64)
-    with pytest.raises(UserError, match="64x64"):
+    with pytest.raises(ValueError, match="64x64"):
         encoder(torch.zeros(2, 3, 1, 84, 84))
 
 
@@ -180,7 +179,7 @@ def test_token_pieces_shapes_and_position_embedding():
     pos = token_pos_embed(16, 65)
     assert pos.shape == (65, 16) and torch.all(pos[0] == 0)  # cls token: no position
     assert len({tuple(row.tolist()) for row in pos[1:]}) == 64  # grid positions distinct
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         token_pos_embed(16, 7)
 
 
@@ -201,14 +200,14 @@ def test_open_loop_ignores_observations_after_the_context():
     torch.manual_seed(4)
     pred_first = model.decode_open_loop(changed, data["action"], data["is_first"], context)
     assert not torch.allclose(pred[:, 0], pred_first[:, 0])
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         model.decode_open_loop(data["inputs"], data["action"], data["is_first"], T + 1)
 
 
 def test_decoder_without_loss_is_rejected():
-    with pytest.raises(UserError, match="loss"):
+    with pytest.raises(ValueError, match="loss"):
         WorldModel(torch.nn.Identity(), torch.nn.Identity(), 4, A, RSSM)
-    with pytest.raises(UserError, match="RSSM"):
+    with pytest.raises(ValueError, match="RSSM"):
         WorldModel(torch.nn.Identity(), ConvDecoder(48, 1, 4), 4, A, {**RSSM, "deterministic": 3})
 
 

@@ -13,7 +13,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mwm.errors import UserError
 
 
 class ConvEncoder(nn.Module):
@@ -23,14 +22,14 @@ class ConvEncoder(nn.Module):
                  strides: Sequence[int]):
         super().__init__()
         if not len(channels) == len(kernels) == len(strides) or not channels:
-            raise UserError(f"curl.channels {list(channels)}, curl.kernels {list(kernels)} and curl.strides "
+            raise ValueError(f"curl.channels {list(channels)}, curl.kernels {list(kernels)} and curl.strides "
                             f"{list(strides)} must be non-empty lists of one length")
         layers, size, previous = [], image_size, in_channels
         for out, kernel, stride in zip(channels, kernels, strides):
             layers += [nn.Conv2d(previous, out, kernel, stride=stride), nn.ReLU()]
             size, previous = (size - kernel) // stride + 1, out
             if size < 1:
-                raise UserError(f"curl conv layers (kernels {list(kernels)}, strides {list(strides)}) shrink a "
+                raise ValueError(f"curl conv layers (kernels {list(kernels)}, strides {list(strides)}) shrink a "
                                 f"{image_size}x{image_size} image to nothing: use smaller kernels or strides")
         self.net = nn.Sequential(*layers)
         self.in_channels = in_channels

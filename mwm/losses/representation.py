@@ -6,7 +6,6 @@ averages them in one place (:meth:`mwm.mae.MaskedAutoencoder.loss`).
 
 import torch
 
-from mwm.errors import UserError
 from mwm.transforms import symlog
 
 LOSS_ON = ("all", "masked")
@@ -47,7 +46,7 @@ def mae_pixel_loss(
         mask: (N, L), 0 is keep, 1 is remove.
     """
     if loss_on not in LOSS_ON:
-        raise UserError(f"unknown MAE loss_on {loss_on!r}; use 'all' (official MWM) or 'masked' (MAE paper)")
+        raise ValueError(f"unknown MAE loss_on {loss_on!r}; use 'all' (official MWM) or 'masked' (MAE paper)")
     if norm_pix:
         target = normalize_patches(target)
     per_patch = (pred - target).pow(2).mean(dim=-1)  # (N, L)

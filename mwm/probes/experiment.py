@@ -259,7 +259,10 @@ def run_seed(cfg, seed: int, train: FrameSet, test: FrameSet, device: torch.devi
     with Logger(str(logdir / f"seed{seed}"), use_tensorboard=tensorboard, console=False) as logger:
         last: Dict[str, float] = {}
         if optimiser is not None:
-            progress = Progress(total=p.updates, keys=("loss",)) if show_progress else None
+            progress = None
+            if show_progress:
+                print(f"seed {seed}: training {name} for {p.updates} updates", flush=True)
+                progress = Progress(total=p.updates, keys=("loss",), unit="updates")
             last = train_representation(method, optimiser, train, p.updates, rng, generator, device, logger,
                                         p.log_every, progress)
             if progress is not None:

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from mwm.atomic import atomic_write_bytes
+from mwm.probes.stats import MIN_INTERVAL_VALUES
 
 SEPARATOR = 255  # white lines between the tiles of a grid
 
@@ -110,20 +111,72 @@ def _error(row: Mapping[str, float], metric: str) -> List[float]:
     return [mean - low, high - mean]
 
 
-def plot_bars(summary: Sequence[Mapping], metrics: Sequence[str], label_key: str, path: str, title: str) -> None:
-    """One panel per metric: a bar per summary row (labelled by ``label_key``) with its
-    confidence interval."""
+# metric -> (readable name, which way is better), for axis titles
+METRIC_LABELS = {
+    "frame_mse": ("frame MSE", "lower is better"),
+    "box_mse": ("object-box MSE", "lower is better"),
+    "visible": ("object visible (share of frames)", "higher is better"),
+    "inpaint_visible": ("object visible, masked input", "higher is better"),
+    "object_r2": ("object position R²", "higher is better"),
+    "probe_r2": ("all positions R²", "higher is better"),
+    "probe_f1": ("categorical F1", "higher is better"),
+}
+PANELS_PER_ROW = 3
+FLOOR_METHOD = "random"  # the untrained encoder: the floor every method should beat
+
+
+def metric_title(metric: str) -> str:
+    """'object position R²\n(higher is better)' for a known metric, the name otherwise."""
+    name, better = METRIC_LABELS.get(metric, (metric.replace("_", " "), ""))
+    return f"{name}\n({better})" if better else name
+
+
+def bars_figure(summary: Sequence[Mapping], metrics: Sequence[str], label_key: str, title: str):
+    """The figure of :func:`plot_bars` (returned, not saved, so tests can measure its layout)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
-    labels = [str(row[label_key]) for row in summary]
-    for ax, metric in zip(axes[0], metrics):
-        means = [row.get(f"{metric}_mean", math.nan) for row in summary]
+    cols = min(len(metrics), PANELS_PER_ROW)
+    rows_n = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.4 * rows_n + 0.4), squeeze=False,
+                             layout="constrained")
+    labels = [str(row[label_key]).replace(" ", "\n", 1) for row in summary]
+    xs = np.arange(len(summary))
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
+        means = np.array([row.get(f"{metric}_mean", math.nan) for row in summary], np.float64)
         errors = np.array([_error(row, metric) for row in summary]).T.reshape(2, -1)
-        ax.bar(range(len(summary)), np.nan_to_num(means), yerr=errors, capsize=3, color="tab:blue")
-        ax.set_xticks(range(len(summary)), labels, rotation=45, ha="right")
-        ax.set_title(metric)
-    fig.suptitle(title)
-    _save_figure(fig, path)
+        ax.bar(xs, np.nan_to_num(means), yerr=errors, capsize=3, color="tab:blue", alpha=0.85)
+        for x, row in zip(xs, summary):  # too few seeds for an interval: the values themselves
+            values = row.get(f"{metric}_values")
+            if isinstance(values, (list, tuple)) and 0 < len(values) < MIN_INTERVAL_VALUES:
+                ax.plot([x] * len(values), values, "o", color="black", markersize=3)
+                ax.annotate(f"n={len(values)}", (x, max(values)), textcoords="offset points", xytext=(0, 3),
+                            ha="center", fontsize=7)
+        floor = [m for m, row in zip(means, summary) if row.get("method") == FLOOR_METHOD and np.isfinite(m)]
+        if floor:
+            ax.axhline(floor[0], color="tab:red", linestyle="--", linewidth=1, label="random encoder (floor)")
+            ax.legend(fontsize=7, loc="best")
+        finite = means[np.isfinite(means)]
+        if finite.size and finite.min() >= 0:
+            top = 1.05 if finite.max() <= 1 and "mse" not in metric else None
+            ax.set_ylim(bottom=0, top=top)
+        # Horizontal labels where they fit under their bar (under 6 px a character at 7 pt;
+        # the axes take about 3/4 of the panel's width), else vertical ones, whose boxes
+        # cannot run into each other.
+        longest = max((len(line) for label in labels for line in label.split("\n")), default=0)
+        fits = longest * 6 <= 0.75 * 3.6 * fig.dpi / max(len(labels), 1)
+        ax.set_xticks(xs, labels, fontsize=7, rotation=0 if fits else 90)
+        ax.set_title(metric_title(metric), fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_bars(summary: Sequence[Mapping], metrics: Sequence[str], label_key: str, path: str, title: str) -> None:
+    """Panels of at most three metrics per row: a bar per summary row (labelled by
+    ``label_key``) with its confidence interval, or its per-seed values where there are
+    too few seeds for one; the untrained (random) encoder drawn as a dashed floor."""
+    _save_figure(bars_figure(summary, metrics, label_key, title), path)
 
 
 def plot_grouped(summary: Sequence[Mapping], metric: str, group_key: str, bar_key: str, path: str,

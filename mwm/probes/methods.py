@@ -225,6 +225,14 @@ def make_method(name: str, cfg, image_shape: Tuple[int, int, int], device: torch
                 ) -> Tuple[ProbeMethod, Optional[Optimizer]]:
     """Build method ``name`` for images (H, W, C) from the config blocks, with its optimiser
     (None for ``random``, which is never trained)."""
+    try:
+        return _make_method(name, cfg, image_shape, device)
+    except ValueError as exc:  # model code's complaint about a config value
+        raise UserError(str(exc)) from None
+
+
+def _make_method(name: str, cfg, image_shape: Tuple[int, int, int], device: torch.device
+                 ) -> Tuple[ProbeMethod, Optional[Optimizer]]:
     check_method(name)
     height, width, channels = image_shape
     if height != width:

@@ -29,8 +29,9 @@ def write_probe_report(logdir: Path, rows: Sequence[Mapping], confidence: float,
     write_csv(str(logdir / "results.csv"), rows)
     write_csv(str(logdir / "summary.csv"), summary)
     write_markdown(str(logdir / "summary.md"), summary, title, NOTES)
+    one_env = len({row["env"] for row in summary}) == 1  # then the title names it
     for row in summary:
-        row["label"] = f"{row['method']} {row['env']}"
+        row["label"] = row["method"] if one_env else f"{row['method']} {row['env']}"
     plot_bars(summary, _available(summary, PLOTTED), "label", str(logdir / "figures" / "metrics.png"), title)
     return markdown_table(summary)
 

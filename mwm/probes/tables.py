@@ -2,7 +2,8 @@
 
 Per-seed rows are dicts of plain values. :func:`aggregate` groups them by the keys
 that define an experiment (env, method, masking, object size) and replaces every
-metric by ``<metric>_mean``, ``_ci_low``, ``_ci_high`` and ``_iqm`` over the seeds.
+metric by ``<metric>_mean``, ``_ci_low``, ``_ci_high``, ``_iqm``, ``_n`` and ``_values``
+(the per-seed values, shown where there are too few for an interval) over the seeds.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def aggregate(rows: Sequence[Mapping], confidence: float) -> List[Dict]:
         summary["seeds"] = len(members)
         for metric in metrics:
             stats = summarise([float(m.get(metric, math.nan)) for m in members], confidence)
-            for stat in ("mean", "ci_low", "ci_high", "iqm"):
+            for stat in ("mean", "ci_low", "ci_high", "iqm", "n"):
                 summary[f"{metric}_{stat}"] = stats[stat]
+            summary[f"{metric}_values"] = [v for v in (float(m.get(metric, math.nan)) for m in members)
+                                           if math.isfinite(v)]
         out.append(summary)
     return out
 
@@ -78,6 +81,8 @@ def csv_text(rows: Sequence[Mapping]) -> str:
 
 
 def _csv_value(value):
+    if isinstance(value, (list, tuple)):  # per-seed values: "0.1; 0.2"
+        return "; ".join(f"{v:.6g}" for v in value)
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     return "" if value is None else value
@@ -108,12 +113,16 @@ def _typed(text: str):
 
 
 def format_cell(row: Mapping, metric: str) -> str:
-    """``mean [low, high]`` with three significant digits; ``-`` when undefined."""
+    """``mean [low, high]`` with three significant digits; from fewer seeds than an interval
+    needs, ``mean (n=2: a, b)`` with the values themselves; ``-`` when undefined."""
     mean = row.get(f"{metric}_mean", math.nan)
     if mean is None or math.isnan(mean):
         return "-"
     low, high = row.get(f"{metric}_ci_low", math.nan), row.get(f"{metric}_ci_high", math.nan)
     if math.isnan(low) or math.isnan(high):
+        values = row.get(f"{metric}_values")
+        if isinstance(values, (list, tuple)) and values:
+            return f"{mean:.3g} (n={len(values)}: {', '.join(f'{v:.3g}' for v in values)})"
         return f"{mean:.3g}"
     return f"{mean:.3g} [{low:.3g}, {high:.3g}]"
 
