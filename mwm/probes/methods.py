@@ -46,7 +46,7 @@ from mwm.mae import MaskedAutoencoder
 from mwm.masking import make_masking
 from mwm.optim import Optimizer
 from mwm.representations.mae import build_mae
-from mwm.representations.pixels import to_unit_range
+from mwm.representations.pixels import from_unit_range, to_unit_range
 from mwm.representations.siammae import build_siammae
 from mwm.siammae import SiameseMaskedAutoencoder, check_gaps, frame_pairs
 
@@ -148,12 +148,6 @@ class SiamMAEMethod(TokenFeatures, ProbeMethod):
         masking = make_masking(self.mask_type, n, 1, self.model.num_tokens, ratio, images.device, generator)
         figures = self.model.reconstruct_pair(previous, images, masking)
         return {"input": figures["future"], "masked": figures["masked"], "reconstruction": figures["reconstruction"]}
-
-
-def from_unit_range(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of DreamerV2's :func:`mwm.representations.pixels.to_unit_range`, clipped:
-    float (..., C, H, W) -> uint8 (..., H, W, C)."""
-    return ((x + 0.5) * 255.0).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1)
 
 
 class ConvAutoencoderMethod(ProbeMethod):

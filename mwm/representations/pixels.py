@@ -19,6 +19,11 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return images.movedim(-1, -3).float() / 255.0 - 0.5
 
 
+def from_unit_range(inputs: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_unit_range`, rounded and clipped: float (..., C, H, W) -> uint8 (..., H, W, C)."""
+    return ((inputs + 0.5) * 255.0).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1)
+
+
 class PixelRepresentation(Representation):
     """Pixels as they are: nothing to train, every prediction decodes."""
 
@@ -34,5 +39,4 @@ class PixelRepresentation(Representation):
         return to_unit_range(images)  # (B, T, C, H, W)
 
     def to_images(self, inputs: torch.Tensor) -> torch.Tensor:
-        images = ((inputs + 0.5) * 255.0).clamp(0, 255).to(torch.uint8)  # (B, T, C, H, W)
-        return images.movedim(-3, -1)  # (B, T, H, W, C)
+        return from_unit_range(inputs)  # (B, T, H, W, C)
