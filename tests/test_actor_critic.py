@@ -134,15 +134,20 @@ def test_slow_critic_copies_only_every_n():
 
 
 @pytest.mark.parametrize("discrete", [True, False])
-def test_loss_shapes_and_metrics(discrete):
+def test_imagination_starts_from_the_given_states_and_follows_the_actor(discrete):
     model = tiny_world_model()
     ac = tiny_actor_critic(discrete)
     actor_loss, value_loss, metrics = ac.loss(model, start_states(model))
     assert actor_loss.dim() == value_loss.dim() == 0
-    assert torch.isfinite(actor_loss) and torch.isfinite(value_loss)
     assert all(not value.requires_grad for value in metrics.values())
-    feat, actions = ac.imagine(model, {k: v.flatten(0, 1) for k, v in start_states(model).items()})
+    start = {k: v.flatten(0, 1) for k, v in start_states(model).items()}  # (N, ...)
+    torch.manual_seed(5)
+    feat, actions = ac.imagine(model, start)
     assert feat.shape == (HORIZON + 1, N, FEAT) and actions.shape == (HORIZON, N, A)
+    torch.testing.assert_close(feat[0], model.feature(start))  # step 0 is the posterior, not a new sample
+    # the first action is the actor's sample at the start state (same generator state)
+    torch.manual_seed(5)
+    torch.testing.assert_close(actions[0], ac.actor(feat[0]).sample())
 
 
 def test_reinforce_mode_trains_actor_without_touching_the_model():
