@@ -9,11 +9,15 @@ update), writes a final checkpoint and exits 0; a second signal stops at once. A
 crash (SIGKILL, power cut) re-running the same command resumes from the newest intact
 checkpoint. A checkpoint is one consistent snapshot: ``checkpoint-<S>.pt`` holds
 ``counters["step"] == S`` together with the weights and optimiser states after exactly
-``counters["updates"]`` updates and the RNG states of that moment. Work done after it is
-redone, except that episodes finished after it stay in replay (they were saved as they
-finished) and are trained on. User mistakes and a full disk exit with status 2 and one
-line; too many non-finite updates in a row also exit 2, keeping the last (finite)
-checkpoint.
+``counters["updates"]`` updates and the RNG states of that moment (the replay sampler's
+included). Work done after it is redone, except that episodes finished after it stay in
+replay (they were saved as they finished) and are trained on; the envs start again from
+a reset, so the resumed run's env steps differ from the uninterrupted run's. Until those
+reach the learner (episodes still unfinished are not sampled), the resumed run learns
+bit for bit what the uninterrupted one would have (tests/test_resume.py), given
+``replay.prefetch 0``: prefetching samples ahead of the learner, on a thread. User
+mistakes and a full disk exit with status 2 and one line; too many non-finite updates
+in a row also exit 2, keeping the last (finite) checkpoint.
 """
 
 from __future__ import annotations
@@ -333,7 +337,8 @@ class Training:
     def save(self) -> None:
         """``checkpoint-<step>.pt`` (and its milestone copy when due)."""
         step = self.counters.step
-        keep_milestone(self.run.save(self.agent, self.counters.as_dict()), step, self.cfg.run.milestone_every)
+        path = self.run.save(self.agent, self.counters.as_dict(), self.replay)
+        keep_milestone(path, step, self.cfg.run.milestone_every)
         self.saved_step = step
 
     def save_last(self) -> None:
@@ -382,7 +387,7 @@ def build(run: RunDir):
             raise UserError(f"cannot build the {r.agent} agent from this config ({error}): change the flag "
                             "that sets it") from error
         check_model(cfg, agent, device)
-        counters = Counters.from_dict(run.restore(agent))
+        counters = Counters.from_dict(run.restore(agent, replay))
         run.commit()
         logger = Logger(run.path)
     except BaseException:
