@@ -76,8 +76,14 @@ class Logger:
         """Queue a video ``(T, H, W, C)``: uint8, or float in [0, 1]; stored as an animated GIF."""
         self._videos[name] = array
 
-    def write(self, step: Optional[int] = None) -> Dict[str, float]:
-        """Flush queued values at ``step`` to every sink; returns the scalars written."""
+    def write(self, step: Optional[int] = None, tensorboard_step: Optional[int] = None,
+              console: bool = True) -> Dict[str, float]:
+        """Flush queued values at ``step`` to every sink; returns the scalars written.
+
+        ``tensorboard_step``: TensorBoard's x value when it is not ``step`` (a series whose
+        ``step`` stands still, such as pre-training's); metrics.jsonl rows keep ``step``.
+        ``console=False``: no console line for this write.
+        """
         if step is None:
             if self._step_fn is None:
                 raise ValueError("Logger.write needs a step (or a step_fn at construction)")
@@ -93,8 +99,9 @@ class Logger:
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
         if self._writer is not None:
-            self._write_tensorboard(step, scalars, images, videos)
-        if self._console and scalars:
+            self._write_tensorboard(step if tensorboard_step is None else int(tensorboard_step), scalars, images,
+                                    videos)
+        if self._console and console and scalars:
             print(format_line(step, scalars), file=self._stream or sys.stdout, flush=True)
         return scalars
 

@@ -269,7 +269,8 @@ class Training:
 
     def pretrain(self, stop: StopFlag) -> None:
         """The rest of the ``run.pretrain`` pre-training updates, one at a time so that a signal stops
-        them after the current one and a resumed run continues them."""
+        them after the current one and a resumed run continues them; logged every ``run.log_every``
+        updates and when they end (:meth:`log_pretraining`)."""
         from mwm.logger import Progress
 
         r, counters = self.cfg.run, self.counters
@@ -277,11 +278,19 @@ class Training:
             print(f"\npre-training: {r.pretrain - counters.pretrain_updates} of {r.pretrain} "
                   f"updates on {self.replay.num_steps} replay steps")
             bar = Progress(total=r.pretrain, keys=("loss",), unit="updates")
+            should_log, unlogged = Every(r.log_every, counters.pretrain_updates), 0
             while counters.pretrain_updates < r.pretrain and stop.signal is None:
                 self.metrics = self.updater.pretrain()
+                self.logger.scalars(self.metrics, prefix="pretrain")
+                unlogged += 1
+                if should_log(counters.pretrain_updates):
+                    self.log_pretraining()
+                    unlogged = 0
                 # the representation's own loss (mae/loss, siammae/loss); read only when drawn
                 bar.update(counters.pretrain_updates,
                            **{"loss": v for k, v in self.metrics.items() if k.endswith("/loss")})
+            if unlogged:
+                self.log_pretraining()
             bar.close()
         counters.pretrained = counters.pretrain_updates >= r.pretrain
 
@@ -328,6 +337,19 @@ class Training:
         logger.scalar("train/nonfinite_total", self.updater.nonfinite_total)  # updates skipped for NaN / inf
         logger.write(step)
         self.logged_step = step
+
+    def log_pretraining(self) -> None:
+        """Pre-training's metrics, each the mean over the updates since the last such log, as
+        ``pretrain/<metric>`` (e.g. ``pretrain/mae/loss``) with ``pretrain/updates``, the updates done.
+
+        The agent step stands still while pre-training runs, so TensorBoard plots these against
+        ``pretrain/updates``, their own x-axis under their own names; metrics.jsonl rows keep
+        ``step``, the agent step, so that its steps stay in order. No console line: the bar shows
+        the loss.
+        """
+        updates = self.counters.pretrain_updates
+        self.logger.scalar("pretrain/updates", updates)
+        self.logger.write(self.counters.step, tensorboard_step=updates, console=False)
 
     def log_last(self) -> None:
         """The final log line, unless the last step was just logged."""
