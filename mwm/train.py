@@ -87,7 +87,10 @@ class StopFlag:
         if self.signal is not None:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.signal = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step, writing a checkpoint, then stopping",
+        from mwm.logger import line_start
+
+        lead = line_start(sys.stderr) or "\n"  # on a terminal: in place of a progress bar, which is drawn again
+        print(f"{lead}{signal.Signals(signum).name}: finishing this step, writing a checkpoint, then stopping",
               file=sys.stderr)
 
 
@@ -271,11 +274,11 @@ class Training:
         """The rest of the ``run.pretrain`` pre-training updates, one at a time so that a signal stops
         them after the current one and a resumed run continues them; logged every ``run.log_every``
         updates and when they end (:meth:`log_pretraining`)."""
-        from mwm.logger import Progress
+        from mwm.logger import Progress, line_start
 
         r, counters = self.cfg.run, self.counters
         if r.pretrain:
-            print(f"\npre-training: {r.pretrain - counters.pretrain_updates} of {r.pretrain} "
+            print(f"{line_start(sys.stdout)}\npre-training: {r.pretrain - counters.pretrain_updates} of {r.pretrain} "
                   f"updates on {self.replay.num_steps} replay steps")
             bar = Progress(total=r.pretrain, keys=("loss",), unit="updates")
             should_log, unlogged = Every(r.log_every, counters.pretrain_updates), 0

@@ -1,16 +1,24 @@
-"""What a user watches during training: pre-training's logs."""
+"""What a user watches during training: pre-training's logs, and progress bars that are drawn
+once, also when a signal stops the run (on a terminal and in a log file)."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import select
 import signal
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from helpers_runs import TINY_RUN, override
+from helpers_runs import ROOT, TINY_RUN, child_env, override
 
 from mwm import cli
 from mwm import train as train_mod
 from mwm import updater as updater_mod
+from mwm.logger import Progress
 
 
 @pytest.fixture
@@ -63,3 +71,115 @@ def test_pretraining_logs_every_log_every_updates_and_a_resume_continues_them(tm
     points = events.Scalars("pretrain/mae/loss")  # against pre-training's update count, not the agent step
     assert [p.step for p in points] == [3, 5, 6, 7]
     assert [p.value for p in points] == pytest.approx([row["pretrain/mae/loss"] for row in pretraining], rel=1e-6)
+
+
+class FakeTty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def screen(text: str) -> list:
+    """The lines a terminal shows after printing ``text``: ``\\r`` returns to the line's start,
+    ``ESC[K`` erases to its end."""
+    lines, row, col, i = [[]], 0, 0, 0
+    while i < len(text):
+        if text.startswith("\x1b[K", i):
+            del lines[row][col:]
+            i += 3
+            continue
+        char = text[i]
+        if char == "\r":
+            col = 0
+        elif char == "\n":
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append([])
+        else:
+            lines[row][col:col + 1] = [char]
+            col += 1
+        i += 1
+    return ["".join(line) for line in lines]
+
+
+def test_a_stop_message_takes_the_place_of_the_bar_on_a_terminal(monkeypatch):
+    terminal = FakeTty()  # stdout and stderr on one terminal
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bar = Progress(10, keys=("loss",), stream=terminal, redraw_s=0.0, unit="updates")
+    bar.update(3, loss=0.5)
+    train_mod.StopFlag()._handle(signal.SIGTERM, None)
+    bar.update(4, loss=0.25)  # the update under way finishes
+    bar.close()
+    lines = [line for line in screen(terminal.getvalue()) if line]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("SIGTERM: finishing this step")
+    assert lines[1].startswith("[########............] 4/10 40%") and lines[1].endswith("loss 0.25")
+
+
+def test_a_log_line_takes_the_place_of_the_bar_on_a_terminal(tmp_path):
+    from mwm.logger import Logger
+
+    terminal = FakeTty()
+    bar = Progress(100, stream=terminal, redraw_s=0.0)
+    logger = Logger(str(tmp_path), use_tensorboard=False, stream=terminal)
+    bar.update(29)
+    logger.scalar("train/frames", 30)
+    logger.write(30)
+    bar.update(31)
+    bar.close()
+    logger.close()
+    assert [line for line in screen(terminal.getvalue()) if line][0] == "step 30 | frames 30"
+    assert len([line for line in screen(terminal.getvalue()) if "/100" in line]) == 1
+
+
+def test_closing_a_bar_repeats_no_plain_line():
+    now = {"t": 0.0}
+    out = io.StringIO()
+    bar = Progress(100, keys=("return",), stream=out, line_every_s=30, clock=lambda: now["t"])
+    bar.update(1)
+    now["t"] = 40.0
+    bar.update(50, **{"return": 1.0})  # drawn: 30 s since the last line
+    bar.close()  # a stop right after it: nothing new to show
+    assert [line.split(" ")[1] for line in out.getvalue().splitlines()] == ["1/100", "50/100"]
+    bar.update(60, **{"return": 1.0})
+    bar.close()
+    assert out.getvalue().splitlines()[-1].split(" ")[1] == "60/100"
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty") or sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_sigterm_during_pretraining_leaves_each_bar_once_on_the_terminal(tmp_path):
+    """The real thing: ``python -m mwm.train`` on a pseudo-terminal, SIGTERM once pre-training is drawn."""
+    import pty
+    import subprocess
+
+    logdir = tmp_path / "run"
+    command = [sys.executable, "-m", "mwm.train", "--logdir", str(logdir),
+               *override(TINY_RUN, "--steps", "60", "--run.prefill", "20", "--run.pretrain", "5000",
+                         "--run.log_every", "6")]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, cwd=ROOT,
+                            env=child_env())
+    os.close(follower)
+    output, signalled, deadline = b"", False, time.time() + 240
+    while time.time() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            output += data
+        if not signalled and b" updates/s " in output.split(b"pre-training:")[-1]:
+            proc.send_signal(signal.SIGTERM)  # the pre-training bar has been drawn with a rate
+            signalled = True
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0 and signalled, output.decode(errors="replace")[-3000:]
+    lines = screen(output.decode())
+    shown = "\n".join(lines)
+    assert sum("/5000 " in line for line in lines) == 1, shown  # the pre-training bar
+    assert sum("/60 " in line for line in lines) == 1, shown  # the run's bar
+    assert sum(line.startswith("SIGTERM: ") for line in lines) == 1, shown
+    assert lines[[i for i, line in enumerate(lines) if line.startswith("SIGTERM")][0] + 1].startswith("[")
+    assert any(line.startswith("step 18 | frames 18") for line in lines), shown  # log lines stay whole
+    assert "stopped by SIGTERM" in shown
