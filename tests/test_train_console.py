@@ -183,3 +183,21 @@ def test_sigterm_during_pretraining_leaves_each_bar_once_on_the_terminal(tmp_pat
     assert lines[[i for i, line in enumerate(lines) if line.startswith("SIGTERM")][0] + 1].startswith("[")
     assert any(line.startswith("step 18 | frames 18") for line in lines), shown  # log lines stay whole
     assert "stopped by SIGTERM" in shown
+
+
+def test_a_slow_pretraining_bar_reads_seconds_per_update(tmp_path, monkeypatch, capsys, restore_signals):
+    """Below one update per second the bar reads ``2.0 s/update``, not ``0.5 updates/s`` (or ``0.0``)."""
+    pretrain = updater_mod.Updater.pretrain
+
+    def slow_pretrain(self):
+        time.sleep(1.2)
+        return pretrain(self)
+
+    monkeypatch.setattr(updater_mod.Updater, "pretrain", slow_pretrain)
+    run_in_process(["--logdir", str(tmp_path / "run"),
+                    *override(TINY_RUN, "--steps", "20", "--run.prefill", "20", "--run.pretrain", "3")])
+    bars = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[") and "/3 " in line]
+    assert len(bars) == 2, bars  # the first update's line (no rate yet) and the final one
+    assert "- updates/s" in bars[0]
+    rate = bars[1].split(" 100% ")[1].split(" ETA")[0]
+    assert rate.endswith(" s/update") and 1.0 <= float(rate.split(" ")[0]) < 10, bars[1]
