@@ -189,18 +189,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def train(run: RunDir, stop: StopFlag) -> int:
     """The loop of the module docstring; returns the exit status (0: done or stopped by a signal)."""
-    t = Training(run)
-    counters, r = t.counters, run.cfg.run
+    training = Training(run)
+    counters, r = training.counters, run.cfg.run
     try:
         while counters.step < r.steps and stop.signal is None:
-            t.act()                                  # 1. prefill with a random policy, then the agent's
-            if t.may_learn():
+            training.act()                           # 1. prefill with a random policy, then the agent's
+            if training.may_learn():
                 if not counters.pretrained:
-                    t.pretrain(stop)                 # 2. once: pre-train (MWM: the autoencoder alone)
-                if counters.pretrained and t.should["train"](counters.step):
-                    t.update()                       # 3. every run.train_every steps: run.train_steps updates
-            t.observe()                              # 4. evaluate, log, film, report, checkpoint on schedule
-        t.log_last()
+                    training.pretrain(stop)          # 2. once: pre-train (MWM: the autoencoder alone)
+                if counters.pretrained and training.should["train"](counters.step):
+                    training.update()                # 3. every run.train_every steps: run.train_steps updates
+            training.observe()                       # 4. evaluate, log, film, report, checkpoint on schedule
+        training.log_last()
     except OSError as error:
         if error.errno not in DISK_ERRNOS:
             raise
@@ -208,9 +208,9 @@ def train(run: RunDir, stop: StopFlag) -> int:
     except TrainingDiverged as error:
         raise TrainingDiverged(f"{error.args[0].split(':')[0]}: {divergence_advice(run)}") from None
     finally:
-        t.close()
-    t.save_last()
-    print(t.summary(stop.signal))
+        training.close()
+    training.save_last()
+    print(training.summary(stop.signal))
     return 0
 
 
