@@ -22,25 +22,14 @@ import signal
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from helpers_runs import TINY_RUN, checkpoint_files, override
+from helpers_runs import TINY_RUN, checkpoint_files, main_exit_code, override
 
-from mwm import cli
 from mwm import train as train_mod
 
 STOP_AT, COMPARE_AT = 35, 41
 FLAGS = override(TINY_RUN, "--steps", str(COMPARE_AT), "--run.prefill", "20", "--run.train_every", "3",
                  "--run.train_steps", "2", "--run.log_every", "5", "--run.checkpoint_every", "1000")
-
-
-@pytest.fixture
-def restore_signals():
-    """main() installs SIGINT / SIGTERM handlers; put pytest's back afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def train(logdir: Path, monkeypatch, sigterm_at: int = 0) -> None:
@@ -50,9 +39,7 @@ def train(logdir: Path, monkeypatch, sigterm_at: int = 0) -> None:
             signal.raise_signal(signal.SIGTERM)
 
     monkeypatch.setattr(train_mod, "maybe_kill", hook)
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(lambda: train_mod.main(["--logdir", str(logdir), *FLAGS]))
-    assert exit_info.value.code == 0
+    assert main_exit_code(["--logdir", str(logdir), *FLAGS]) == 0
 
 
 def tensors(value, key=""):

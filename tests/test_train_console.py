@@ -10,30 +10,13 @@ import select
 import signal
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from helpers_runs import ROOT, TINY_RUN, child_env, override
+from helpers_runs import ROOT, TINY_RUN, child_env, main_exit_code, override
 
-from mwm import cli
 from mwm import train as train_mod
 from mwm import updater as updater_mod
 from mwm.logger import Progress
-
-
-@pytest.fixture
-def restore_signals():
-    """main() installs SIGINT / SIGTERM handlers; put pytest's back afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
-def run_in_process(argv) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(lambda: train_mod.main(argv))
-    assert exit_info.value.code == 0
 
 
 def test_pretraining_logs_every_log_every_updates_and_a_resume_continues_them(tmp_path, monkeypatch, capsys,
@@ -51,9 +34,9 @@ def test_pretraining_logs_every_log_every_updates_and_a_resume_continues_them(tm
             signal.raise_signal(signal.SIGTERM)
 
     monkeypatch.setattr(updater_mod, "maybe_kill", sigterm_in_the_fifth_update)
-    run_in_process(argv)  # stops after the fifth update, which it finishes and logs
+    assert main_exit_code(argv) == 0  # stops after the fifth update, which it finishes and logs
     monkeypatch.undo()
-    run_in_process(argv)  # resumes: updates 6 and 7
+    assert main_exit_code(argv) == 0  # resumes: updates 6 and 7
     assert "pretrain/" not in capsys.readouterr().out  # the bar shows the loss; no console line
 
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
@@ -194,8 +177,8 @@ def test_a_slow_pretraining_bar_reads_seconds_per_update(tmp_path, monkeypatch, 
         return pretrain(self)
 
     monkeypatch.setattr(updater_mod.Updater, "pretrain", slow_pretrain)
-    run_in_process(["--logdir", str(tmp_path / "run"),
-                    *override(TINY_RUN, "--steps", "20", "--run.prefill", "20", "--run.pretrain", "3")])
+    assert main_exit_code(["--logdir", str(tmp_path / "run"),
+                           *override(TINY_RUN, "--steps", "20", "--run.prefill", "20", "--run.pretrain", "3")]) == 0
     bars = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[") and "/3 " in line]
     assert len(bars) == 2, bars  # the first update's line (no rate yet) and the final one
     assert "- updates/s" in bars[0]
