@@ -105,3 +105,22 @@ def test_a_run_resumed_after_sigterm_equals_the_uninterrupted_run(tmp_path, monk
         np.testing.assert_array_equal(batches[0][key], batches[1][key], err_msg=f"next batch: {key}")
     logged = [losses(run) for run in (whole, resumed)]
     assert sorted(logged[0]) == [35, 40, 41] and logged[0] == logged[1]
+
+
+def test_a_checkpoint_from_before_the_newer_entries_still_resumes(tmp_path, monkeypatch, capsys, restore_signals):
+    """Checkpoints written before ``counters["pretrain_updates"]`` and ``rng["replay"]`` existed."""
+    logdir = tmp_path / "run"
+    flags = override(TINY_RUN, "--run.prefill", "20")  # pre-training (2 updates) at step 20
+    assert main_exit_code(["--logdir", str(logdir), *flags, "--steps", "20"]) == 0
+    path = checkpoint_files(logdir)[20]
+    state = torch.load(path, weights_only=True)
+    assert state["counters"]["pretrained"] and state["counters"]["pretrain_updates"] == 2
+    del state["counters"]["pretrain_updates"], state["rng"]["replay"]
+    torch.save(state, path)
+    capsys.readouterr()
+    assert main_exit_code(["--logdir", str(logdir), *flags, "--steps", "25"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "at step 20" in out and "pre-training" not in out
+    counters = torch.load(checkpoint_files(logdir)[25], weights_only=True)["counters"]
+    # 2 pre-training updates and the scheduled ones at steps 20 and 25 (run.train_every 5)
+    assert counters["pretrain_updates"] == 2 and counters["step"] == 25 and counters["updates"] == 4
