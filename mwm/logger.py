@@ -76,8 +76,14 @@ class Logger:
         """Queue a video ``(T, H, W, C)``: uint8, or float in [0, 1]; stored as an animated GIF."""
         self._videos[name] = array
 
-    def write(self, step: Optional[int] = None) -> Dict[str, float]:
-        """Flush queued values at ``step`` to every sink; returns the scalars written."""
+    def write(self, step: Optional[int] = None, tensorboard_step: Optional[int] = None,
+              console: bool = True) -> Dict[str, float]:
+        """Flush queued values at ``step`` to every sink; returns the scalars written.
+
+        ``tensorboard_step``: TensorBoard's x value when it is not ``step`` (a series whose
+        ``step`` stands still, such as pre-training's); metrics.jsonl rows keep ``step``.
+        ``console=False``: no console line for this write.
+        """
         if step is None:
             if self._step_fn is None:
                 raise ValueError("Logger.write needs a step (or a step_fn at construction)")
@@ -93,9 +99,11 @@ class Logger:
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
         if self._writer is not None:
-            self._write_tensorboard(step, scalars, images, videos)
-        if self._console and scalars:
-            print(format_line(step, scalars), file=self._stream or sys.stdout, flush=True)
+            self._write_tensorboard(step if tensorboard_step is None else int(tensorboard_step), scalars, images,
+                                    videos)
+        if self._console and console and scalars:
+            stream = self._stream or sys.stdout
+            print(line_start(stream) + format_line(step, scalars), file=stream, flush=True)
         return scalars
 
     def close(self) -> None:
@@ -127,7 +135,10 @@ class Progress:
 
     On a terminal the line is redrawn in place (``\\r``) at most every
     ``redraw_s`` seconds; otherwise (CI logs, files) a plain line is printed every
-    ``line_every_s`` seconds. ``update`` is cheap enough to call every step.
+    ``line_every_s`` seconds. ``update`` is cheap enough to call every step. Other
+    console lines start with :func:`line_start`, which erases a bar left mid-line on a
+    terminal, so that no stale copy of it stays on the screen; ``close`` adds no plain line
+    that would repeat the last one.
     """
 
     def __init__(
@@ -152,6 +163,7 @@ class Progress:
         self._last_draw = -math.inf
         self._step = 0
         self._metrics: Dict[str, float] = {}
+        self._drawn = None  # (step, metrics) of the last line drawn
 
     def update(self, step: int, **metrics) -> None:
         """Record the step count and any metrics (floats or scalar tensors); draw if it is time to."""
@@ -167,8 +179,9 @@ class Progress:
             self._draw(now)
 
     def close(self) -> None:
-        """Draw the final state and end the line."""
-        self._draw(self._clock())
+        """Draw the final state and end the line (not as a plain line again when nothing changed)."""
+        if self._tty or not self._unchanged():
+            self._draw(self._clock())
         if self._tty:
             self._stream.write("\n")
             self._stream.flush()
@@ -189,13 +202,32 @@ class Progress:
         parts += [f"{k} {_format_number(float(self._metrics[k]))}" for k in self.keys if k in self._metrics]
         return " ".join(parts)
 
+    def _unchanged(self) -> bool:
+        """Whether the last line drawn shows the current step and metrics."""
+        if self._drawn is None:
+            return False
+        step, metrics = self._drawn
+        return step == self._step and metrics.keys() == self._metrics.keys() and all(
+            metrics[k] is v for k, v in self._metrics.items())
+
     def _draw(self, now: float) -> None:
+        self._drawn = (self._step, dict(self._metrics))
         line = self.render(now)
         if self._tty:
             self._stream.write("\r" + line + "\x1b[K")
         else:
             self._stream.write(line + "\n")
         self._stream.flush()
+
+
+ERASE_LINE = "\r\x1b[K"  # carriage return, then erase to the end of the line
+
+
+def line_start(stream) -> str:
+    """What a console line on ``stream`` starts with: on a terminal, erasing the line the cursor is
+    on (a :class:`Progress` bar drawn in place, which draws itself again at its next update);
+    elsewhere nothing."""
+    return ERASE_LINE if _isatty(stream) else ""
 
 
 def drop_torn_tail(path: str) -> int:

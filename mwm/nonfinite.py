@@ -6,6 +6,7 @@ import sys
 from typing import Dict
 
 from mwm.errors import UserError
+from mwm.logger import line_start
 
 CUDA_READ_EVERY = 25  # updates between host reads of the skip counters on CUDA
 
@@ -46,7 +47,7 @@ class NonFiniteGuard:
         self.total += min(streak, unread)
         self.in_row = streak
         flags = ", ".join(k for k, v in streaks.items() if v)
-        print(f"warning: non-finite loss or gradient at step {step} ({flags}): update skipped "
+        print(f"{line_start(sys.stderr)}warning: non-finite loss or gradient at step {step} ({flags}): update skipped "
               f"({self.in_row} in a row, limit {self.limit})", file=sys.stderr)
         if self.in_row >= self.limit:
             raise TrainingDiverged(f"{self.in_row} non-finite updates in a row at step {step}: the run stopped; "

@@ -275,8 +275,9 @@ class RunDir:
     def env_kwargs(self) -> Dict:
         return env_kwargs(self.cfg)
 
-    def restore(self, agent) -> Dict:
-        """Load the newest intact checkpoint into ``agent``; returns its counters.
+    def restore(self, agent, replay=None) -> Dict:
+        """Load the newest intact checkpoint into ``agent`` (and ``replay``'s sampler state, where the
+        checkpoint holds one); returns its counters.
 
         Counters: ``step`` (agent steps), ``updates`` (every update, pre-training
         included), ``pretrain_updates`` (of ``run.pretrain``), ``pretrained`` and
@@ -312,11 +313,16 @@ class RunDir:
             counters["pretrain_updates"] = self.cfg.run.pretrain  # a checkpoint from before this counter
         counters.update(state["counters"])
         set_rng_state(state["rng"])
+        if replay is not None and "replay" in state["rng"]:  # checkpoints from before it: the replay's seed
+            replay.set_rng_state(state["rng"]["replay"])
         print(f"resuming from {path} at step {counters['step']}")
         return counters
 
-    def save(self, agent, counters: Dict) -> str:
+    def save(self, agent, counters: Dict, replay=None) -> str:
         """Write ``checkpoint-<step>.pt`` (atomic, newest ``run.keep_checkpoints`` kept); returns its path.
+
+        The RNG states saved are the process's (python, numpy, torch) and, given ``replay``, its
+        sampler's (``rng["replay"]``).
 
         Weights holding NaN or inf are refused with a UserError and the previous
         checkpoints stay as they are.
@@ -325,6 +331,8 @@ class RunDir:
 
         self.commit()
         state = {"agent": agent.state_dict(), "counters": dict(counters), "rng": rng_state()}
+        if replay is not None:
+            state["rng"]["replay"] = replay.rng_state()
         bad = first_nonfinite(state)
         if bad is not None:
             from mwm.checkpoint import list_checkpoints

@@ -9,11 +9,15 @@ update), writes a final checkpoint and exits 0; a second signal stops at once. A
 crash (SIGKILL, power cut) re-running the same command resumes from the newest intact
 checkpoint. A checkpoint is one consistent snapshot: ``checkpoint-<S>.pt`` holds
 ``counters["step"] == S`` together with the weights and optimiser states after exactly
-``counters["updates"]`` updates and the RNG states of that moment. Work done after it is
-redone, except that episodes finished after it stay in replay (they were saved as they
-finished) and are trained on. User mistakes and a full disk exit with status 2 and one
-line; too many non-finite updates in a row also exit 2, keeping the last (finite)
-checkpoint.
+``counters["updates"]`` updates and the RNG states of that moment (the replay sampler's
+included). Work done after it is redone, except that episodes finished after it stay in
+replay (they were saved as they finished) and are trained on; the envs start again from
+a reset, so the resumed run's env steps differ from the uninterrupted run's. Until those
+reach the learner (episodes still unfinished are not sampled), the resumed run learns
+bit for bit what the uninterrupted one would have (tests/test_resume.py), given
+``replay.prefetch 0``: prefetching samples ahead of the learner, on a thread. User
+mistakes and a full disk exit with status 2 and one line; too many non-finite updates
+in a row also exit 2, keeping the last (finite) checkpoint.
 """
 
 from __future__ import annotations
@@ -83,7 +87,10 @@ class StopFlag:
         if self.signal is not None:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.signal = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step, writing a checkpoint, then stopping",
+        from mwm.logger import line_start
+
+        lead = line_start(sys.stderr) or "\n"  # on a terminal: in place of a progress bar, which is drawn again
+        print(f"{lead}{signal.Signals(signum).name}: finishing this step, writing a checkpoint, then stopping",
               file=sys.stderr)
 
 
@@ -181,19 +188,217 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def train(run: RunDir, stop: StopFlag) -> int:
+    """The loop of the module docstring; returns the exit status (0: done or stopped by a signal)."""
+    training = Training(run)
+    counters, r = training.counters, run.cfg.run
+    try:
+        while counters.step < r.steps and stop.signal is None:
+            training.act()                           # 1. prefill with a random policy, then the agent's
+            if training.may_learn():
+                if not counters.pretrained:
+                    training.pretrain(stop)          # 2. once: pre-train (MWM: the autoencoder alone)
+                if counters.pretrained and training.should["train"](counters.step):
+                    training.update()                # 3. every run.train_every steps: run.train_steps updates
+            training.observe()                       # 4. evaluate, log, film, report, checkpoint on schedule
+        training.log_last()
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        raise disk_error(error, run.path) from error
+    except TrainingDiverged as error:
+        raise TrainingDiverged(f"{error.args[0].split(':')[0]}: {divergence_advice(run)}") from None
+    finally:
+        training.close()
+    training.save_last()
+    print(training.summary(stop.signal))
+    return 0
+
+
+class Training:
+    """One process's share of a run: what the loop works with, and its phases as methods.
+
+    Built from the run's config: envs, replay, agent (restored from the newest checkpoint),
+    logger; then the collector, the updater (mwm/updater.py: the non-finite guard and the
+    fault hook around each update), the schedules and the progress bar.
+    """
+
+    def __init__(self, run: RunDir):
+        from mwm.collect import Collector
+        from mwm.logger import Progress
+        from mwm.nonfinite import CUDA_READ_EVERY, NonFiniteGuard
+        from mwm.updater import Updater
+
+        self.run, self.cfg = run, run.cfg
+        r = self.cfg.run
+        seed_everything(r.seed)
+        self.env, self.eval_env, self.replay, self.agent, self.counters, self.logger = build(run)
+        self.collector = Collector(self.env, self.replay, self.agent, self.logger, episodes=self.counters.episodes)
+        guard = NonFiniteGuard(r.max_nonfinite, read_every=CUDA_READ_EVERY if run.device.type == "cuda" else 1)
+        self.updater = Updater(self.agent, self.replay, self.counters, guard)
+        self.rng = np.random.default_rng(r.seed + self.counters.step)  # the prefill's random actions
+        self.should = {name: Every(every, self.counters.step) for name, every in (
+            ("train", r.train_every), ("log", r.log_every), ("report", r.report_every),
+            ("eval", r.eval_every), ("checkpoint", r.checkpoint_every), ("video", r.video_every))}
+        if run.device.type == "cpu" and r.preset == "default":
+            print("warning: paper-size networks on a CPU are very slow (~13 s per update); "
+                  "use a GPU, or --preset small for a CPU run", file=sys.stderr)
+        print(f"{r.agent} on {r.env} | device {run.device} | {r.preset} preset | logdir {run.path} | "
+              f"step {self.counters.step}/{r.steps}")
+        self.progress = Progress(total=r.steps, keys=("return",))
+        self.start_time, self.start_step, self.start_updates = time.time(), self.counters.step, self.counters.updates
+        self.metrics: dict = {}  # the latest update's, logged at the next log step
+        self.logged_step = None
+        self.saved_step = self.counters.step if run.resumed else None
+        self.last_eval = None  # (step, mean return) of the latest evaluation
+
+    # ------------------------------------------------------------ the phases
+
+    def act(self) -> None:
+        """One policy step in every env, stored in replay: random actions during prefill."""
+        from mwm.collect import random_actions
+
+        env, collector = self.env, self.collector
+        if self.counters.step < self.cfg.run.prefill:
+            collector.step(lambda obs: random_actions(env.act_space, env.num_envs, self.rng))
+        else:
+            collector.step(lambda obs: collector.agent_policy(obs, mode="train"))
+        self.counters.step += env.num_envs
+        self.counters.episodes = collector.episodes
+        maybe_kill("step", self.counters.step)
+
+    def may_learn(self) -> bool:
+        """Prefill is over and replay holds a finished episode."""
+        return self.counters.step >= self.cfg.run.prefill and self.replay.num_episodes > 0
+
+    def pretrain(self, stop: StopFlag) -> None:
+        """The rest of the ``run.pretrain`` pre-training updates, one at a time so that a signal stops
+        them after the current one and a resumed run continues them; logged every ``run.log_every``
+        updates and when they end (:meth:`log_pretraining`)."""
+        from mwm.logger import Progress, line_start
+
+        r, counters = self.cfg.run, self.counters
+        if r.pretrain:
+            print(f"{line_start(sys.stdout)}\npre-training: {r.pretrain - counters.pretrain_updates} of {r.pretrain} "
+                  f"updates on {self.replay.num_steps} replay steps")
+            bar = Progress(total=r.pretrain, keys=("loss",), unit="updates")
+            should_log, unlogged = Every(r.log_every, counters.pretrain_updates), 0
+            while counters.pretrain_updates < r.pretrain and stop.signal is None:
+                self.metrics = self.updater.pretrain()
+                self.logger.scalars(self.metrics, prefix="pretrain")
+                unlogged += 1
+                if should_log(counters.pretrain_updates):
+                    self.log_pretraining()
+                    unlogged = 0
+                # the representation's own loss (mae/loss, siammae/loss); read only when drawn
+                bar.update(counters.pretrain_updates,
+                           **{"loss": v for k, v in self.metrics.items() if k.endswith("/loss")})
+            if unlogged:
+                self.log_pretraining()
+            bar.close()
+        counters.pretrained = counters.pretrain_updates >= r.pretrain
+
+    def update(self) -> None:
+        """``run.train_steps`` scheduled updates."""
+        for _ in range(self.cfg.run.train_steps):
+            self.metrics = self.updater.update()
+
+    def observe(self) -> None:
+        """Evaluate, log, film, report and checkpoint, each on its own schedule; then the progress bar."""
+        r, should, step = self.cfg.run, self.should, self.counters.step
+        ready = self.counters.pretrained  # the policy and the figures mean something
+        if self.eval_env is not None and ready and should["eval"](step):
+            self.last_eval = (step, self.collector.evaluate(self.eval_env, r.eval_episodes))
+            self.logger.scalar("eval/return", self.last_eval[1])
+        if should["log"](step):
+            self.write_log(step)
+        if r.video_every and ready and should["video"](step):
+            log_eval_video(self.logger, self.collector, self.run, step)
+        if r.report_every and ready and should["report"](step):
+            log_media(self.logger, self.agent.report(self.replay))
+            self.logger.scalars(self.agent.diagnostics(self.collector.eval_episodes, self.replay))
+            self.logger.write(step)
+        if should["checkpoint"](step):
+            self.save()
+        last_return = self.collector.last_return
+        self.progress.update(step, **({} if last_return is None else {"return": last_return}))
+
+    # ------------------------------------------------------------ logging, saving, closing
+
+    def write_log(self, step: int) -> None:
+        """The latest update's metrics, the episodes finished since the last log, speeds and counts."""
+        collector, logger, counters = self.collector, self.logger, self.counters
+        elapsed = max(time.time() - self.start_time, 1e-9)
+        logger.scalars(self.metrics)
+        logger.scalars(collector.pop_episode_stats())
+        if collector.recent_returns:  # the console's "return": the last few episodes, even if none just ended
+            logger.scalar("train/recent_return", float(np.mean(collector.recent_returns)))
+        logger.scalar("train/frames", step * self.cfg.env.action_repeat)
+        logger.scalar("speed/env_steps_per_s", (step - self.start_step) * self.cfg.env.action_repeat / elapsed)
+        logger.scalar("speed/agent_steps_per_s", (step - self.start_step) / elapsed)
+        logger.scalar("speed/updates_per_s", (counters.updates - self.start_updates) / elapsed)
+        logger.scalar("replay/steps", self.replay.num_steps)
+        logger.scalar("train/nonfinite_total", self.updater.nonfinite_total)  # updates skipped for NaN / inf
+        logger.write(step)
+        self.logged_step = step
+
+    def log_pretraining(self) -> None:
+        """Pre-training's metrics, each the mean over the updates since the last such log, as
+        ``pretrain/<metric>`` (e.g. ``pretrain/mae/loss``) with ``pretrain/updates``, the updates done.
+
+        The agent step stands still while pre-training runs, so TensorBoard plots these against
+        ``pretrain/updates``, their own x-axis under their own names; metrics.jsonl rows keep
+        ``step``, the agent step, so that its steps stay in order. No console line: the bar shows
+        the loss.
+        """
+        updates = self.counters.pretrain_updates
+        self.logger.scalar("pretrain/updates", updates)
+        self.logger.write(self.counters.step, tensorboard_step=updates, console=False)
+
+    def log_last(self) -> None:
+        """The final log line, unless the last step was just logged."""
+        if self.logged_step != self.counters.step:
+            self.write_log(self.counters.step)
+
+    def save(self) -> None:
+        """``checkpoint-<step>.pt`` (and its milestone copy when due)."""
+        step = self.counters.step
+        path = self.run.save(self.agent, self.counters.as_dict(), self.replay)
+        keep_milestone(path, step, self.cfg.run.milestone_every)
+        self.saved_step = step
+
+    def save_last(self) -> None:
+        """The final checkpoint, unless the last step was just saved."""
+        if self.saved_step != self.counters.step:
+            self.save()
+
+    def close(self) -> None:
+        """End the progress bar; stop the collector, the agent's samplers, the envs and the logger."""
+        self.progress.close()
+        self.collector.close()
+        if hasattr(self.agent, "close"):  # background samplers
+            self.agent.close()
+        self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
+        self.logger.close()
+
+    def summary(self, stopped_by: Optional[int]) -> str:
+        return summary_line(self.counters.as_dict(), self.cfg.env.action_repeat, time.time() - self.start_time,
+                            list(self.collector.recent_returns), self.last_eval, self.run.path, stopped_by)
+
+
+def build(run: RunDir):
+    """Envs, replay, agent (restored from the newest checkpoint), counters and logger, in this order;
+    then the run directory records the config (run.commit()). A start that fails here closes what
+    it built and leaves the directory as it was."""
     from agents import make_agent
     from envs.vector import VectorEnv
-    from mwm.collect import Collector, random_actions
-    from mwm.logger import Logger, Progress
-    from mwm.nonfinite import CUDA_READ_EVERY, NonFiniteGuard
+    from mwm.counters import Counters
     from mwm.limits import check_model
+    from mwm.logger import Logger
     from replay import Replay
 
-    cfg, r = run.cfg, run.cfg.run
-    seed_everything(r.seed)
-    device = run.device
-    # Build everything the config implies before the run directory records it (run.commit()):
-    # a start that fails here leaves the directory as it was.
+    cfg, r, device = run.cfg, run.cfg.run, run.device
     env = eval_env = agent = None
     try:
         env = VectorEnv(r.env, r.envs, seed=r.seed, parallel=r.parallel, **run.env_kwargs())
@@ -207,7 +412,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
             raise UserError(f"cannot build the {r.agent} agent from this config ({error}): change the flag "
                             "that sets it") from error
         check_model(cfg, agent, device)
-        counters = run.restore(agent)
+        counters = Counters.from_dict(run.restore(agent, replay))
         run.commit()
         logger = Logger(run.path)
     except BaseException:
@@ -217,115 +422,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
         if agent is not None and hasattr(agent, "close"):
             agent.close()
         raise
-    collector = Collector(env, replay, agent, logger, episodes=counters["episodes"])
-    guard = NonFiniteGuard(r.max_nonfinite, read_every=CUDA_READ_EVERY if device.type == "cuda" else 1)
-    rng = np.random.default_rng(r.seed + counters["step"])
-
-    should = {name: Every(every, counters["step"]) for name, every in (
-        ("train", r.train_every), ("log", r.log_every), ("report", r.report_every),
-        ("eval", r.eval_every), ("checkpoint", r.checkpoint_every), ("video", r.video_every))}
-    if device.type == "cpu" and r.preset == "default":
-        print("warning: paper-size networks on a CPU are very slow (~13 s per update); "
-              "use a GPU, or --preset small for a CPU run", file=sys.stderr)
-    print(f"{r.agent} on {r.env} | device {device} | {r.preset} preset | logdir {run.path} | "
-          f"step {counters['step']}/{r.steps}")
-    progress = Progress(total=r.steps, keys=("return",))
-    start_time, start_step, start_updates = time.time(), counters["step"], counters["updates"]
-    metrics: dict = {}
-    logged_step = None
-    saved_step = counters["step"] if run.resumed else None
-    last_eval = None  # (step, mean return) of the latest evaluation
-
-    def write_log(step: int) -> None:
-        nonlocal logged_step
-        elapsed = max(time.time() - start_time, 1e-9)
-        logger.scalars(metrics)
-        logger.scalars(collector.pop_episode_stats())
-        if collector.recent_returns:  # the console's "return": the last few episodes, even if none just ended
-            logger.scalar("train/recent_return", float(np.mean(collector.recent_returns)))
-        logger.scalar("train/frames", step * cfg.env.action_repeat)
-        logger.scalar("speed/env_steps_per_s", (step - start_step) * cfg.env.action_repeat / elapsed)
-        logger.scalar("speed/agent_steps_per_s", (step - start_step) / elapsed)
-        logger.scalar("speed/updates_per_s", (counters["updates"] - start_updates) / elapsed)
-        logger.scalar("replay/steps", replay.num_steps)
-        logger.scalar("train/nonfinite_total", guard.total)  # updates skipped for NaN / inf so far
-        logger.write(step)
-        logged_step = step
-
-    try:
-        while counters["step"] < r.steps and stop.signal is None:
-            # 1. Act: random policy during prefill, then the agent's.
-            if counters["step"] < r.prefill:
-                collector.step(lambda obs: random_actions(env.act_space, env.num_envs, rng))
-            else:
-                collector.step(lambda obs: collector.agent_policy(obs, mode="train"))
-            counters["step"] += env.num_envs
-            counters["episodes"] = collector.episodes
-            maybe_kill("step", counters["step"])
-
-            # 2. Learn: the one-off pre-training (one update at a time, so that a signal
-            # stops it and a resume continues it), then scheduled updates.
-            if counters["step"] >= r.prefill and replay.num_episodes > 0:
-                if not counters["pretrained"]:
-                    if r.pretrain:
-                        print(f"\npre-training: {r.pretrain - counters['pretrain_updates']} of {r.pretrain} "
-                              f"updates on {replay.num_steps} replay steps")
-                        bar = Progress(total=r.pretrain, keys=("loss",), unit="updates")
-                        while counters["pretrain_updates"] < r.pretrain and stop.signal is None:
-                            metrics = guard.check(agent.pretrain(replay, 1), counters["step"])
-                            maybe_kill("update", counters["updates"])
-                            counters["updates"] += 1
-                            counters["pretrain_updates"] += 1
-                            # the representation's own loss (mae/loss, siammae/loss); read only when drawn
-                            bar.update(counters["pretrain_updates"],
-                                       **{"loss": v for k, v in metrics.items() if k.endswith("/loss")})
-                        bar.close()
-                    counters["pretrained"] = counters["pretrain_updates"] >= r.pretrain
-                if counters["pretrained"] and should["train"](counters["step"]):
-                    for _ in range(r.train_steps):
-                        metrics = guard.check(agent.update(replay), counters["step"])
-                        maybe_kill("update", counters["updates"])
-                        counters["updates"] += 1
-
-            # 3. Observe: evaluation, logs, figures, checkpoints.
-            step = counters["step"]
-            if eval_env is not None and counters["pretrained"] and should["eval"](step):
-                last_eval = (step, collector.evaluate(eval_env, r.eval_episodes))
-                logger.scalar("eval/return", last_eval[1])
-            if should["log"](step):
-                write_log(step)
-            if r.video_every and counters["pretrained"] and should["video"](step):
-                log_eval_video(logger, collector, run, step)
-            if r.report_every and counters["pretrained"] and should["report"](step):
-                log_media(logger, agent.report(replay))
-                logger.scalars(agent.diagnostics(collector.eval_episodes, replay))
-                logger.write(step)
-            if should["checkpoint"](step):
-                keep_milestone(run.save(agent, counters), step, r.milestone_every)
-                saved_step = step
-            progress.update(step, **({} if collector.last_return is None else {"return": collector.last_return}))
-        if logged_step != counters["step"]:
-            write_log(counters["step"])
-    except OSError as error:
-        if error.errno not in DISK_ERRNOS:
-            raise
-        raise disk_error(error, run.path) from error
-    except TrainingDiverged as error:
-        raise TrainingDiverged(f"{error.args[0].split(':')[0]}: {divergence_advice(run)}") from None
-    finally:
-        progress.close()
-        collector.close()
-        if hasattr(agent, "close"):  # background samplers
-            agent.close()
-        env.close()
-        if eval_env is not None:
-            eval_env.close()
-        logger.close()
-    if saved_step != counters["step"]:
-        keep_milestone(run.save(agent, counters), counters["step"], r.milestone_every)
-    print(summary_line(counters, cfg.env.action_repeat, time.time() - start_time, list(collector.recent_returns),
-                       last_eval, run.path, stop.signal))
-    return 0
+    return env, eval_env, replay, agent, counters, logger
 
 
 def summary_line(counters: dict, action_repeat: int, elapsed: float, recent: list, last_eval, path,

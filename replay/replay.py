@@ -1,6 +1,7 @@
 """The replay: episodes saved to disk as they finish, kept in RAM up to a step budget,
 and sampled as fixed-length sequences that never cross an episode boundary."""
 
+import copy
 import os
 import threading
 import warnings
@@ -232,6 +233,17 @@ class Replay:
                 extra = np.array([episode_length(e) for e in unfinished], dtype=np.int64)
                 lengths = np.concatenate([lengths, extra])
         return episodes, lengths
+
+    def rng_state(self) -> Dict:
+        """The sampling generator's state (ints and strings): saved with a checkpoint, so that a
+        resumed run draws the batches the uninterrupted run would have drawn."""
+        with self._lock:
+            return copy.deepcopy(self._rng.bit_generator.state)
+
+    def set_rng_state(self, state: Mapping) -> None:
+        """Put back what :meth:`rng_state` returned."""
+        with self._lock:
+            self._rng.bit_generator.state = dict(state)
 
     # ------------------------------------------------------------------ reporting
 

@@ -1,5 +1,7 @@
 """Shared test settings."""
 
+import signal
+
 import pytest
 import torch
 
@@ -12,3 +14,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_signals():
+    """mwm.train's main() installs SIGINT / SIGTERM handlers; put pytest's back afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

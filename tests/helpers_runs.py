@@ -49,6 +49,19 @@ def run_train(logdir: Path, *flags: str, kill_at: Optional[str] = None,
                           timeout=timeout, check=False)
 
 
+def main_exit_code(argv: Sequence[str]) -> int:
+    """``python -m mwm.train ARGV`` in this process (its signal handlers too: use the
+    ``restore_signals`` fixture); its exit status."""
+    import pytest
+
+    from mwm import cli
+    from mwm import train as train_mod
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(lambda: train_mod.main(list(argv)))
+    return exit_info.value.code
+
+
 def run_and_signal(logdir: Path, *flags: str, sig: int, delay: float, after: str = "resuming from",
                    timeout: float = 300) -> subprocess.CompletedProcess:
     """Start a run, wait for the stdout line containing ``after``, wait ``delay`` s, send ``sig``.

@@ -30,6 +30,7 @@ from helpers_runs import (
     describe,
     killed,
     load_counters,
+    main_exit_code,
     metrics_rows,
     one_error_line,
     override,
@@ -182,22 +183,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def restore_signals():
-    """main() installs SIGINT / SIGTERM handlers; put pytest's back afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
-def main_exit_code(argv) -> int:
-    """``python -m mwm.train ARGV`` in this process; its exit status."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(lambda: train_mod.main(argv))
-    return exit_info.value.code
 
 
 def random_only(logdir: Path, steps: int = 40) -> list:

@@ -55,7 +55,9 @@ def check_run_outputs(logdir: Path, steps: int, agent: str = "mwm") -> None:
         assert DIAGNOSTICS <= keys, sorted(DIAGNOSTICS - keys)
 
 
-def test_toy_catch_trains_and_resumes_exactly(tmp_path):
+def test_toy_catch_trains_and_resumes(tmp_path):
+    """Steps, logs and console lines across a resume; tests/test_resume.py checks that the resumed
+    run learns exactly what the uninterrupted one does."""
     logdir = tmp_path / "run"
     out = train(logdir, "toy_catch", 120)
     check_run_outputs(logdir, 120)
