@@ -7,6 +7,7 @@ form, ``--rssm.deter 600`` or ``--rssm.deter=600``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, List, Sequence, Tuple
 
@@ -118,4 +119,7 @@ def run_main(main: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print("interrupted: stopped at once, without a final checkpoint (the last one is kept)", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # stdout's reader went away (``--print-config | head``): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+        sys.exit(1)
     sys.exit(code or 0)

@@ -29,7 +29,6 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from mwm import cli
 from mwm.errors import UserError

@@ -117,6 +117,17 @@ def test_baseline_trains_on_atari(tmp_path, agent):
     check_run_outputs(logdir, 90, agent)
 
 
+def test_output_piped_into_a_reader_that_stops_early_ends_without_a_traceback():
+    """``python -m mwm.<entry> ... | head -1``: the pipe closes under the printer (10 MB here,
+    more than any pipe buffer, so the writer is sure to meet the closed pipe)."""
+    printer = "from mwm.cli import run_main; run_main(lambda: [print('x' * 999) for _ in range(10000)] and 0)"
+    proc = subprocess.Popen([sys.executable, "-c", printer], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.readline()
+    proc.stdout.close()  # as head does after its first line
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1 and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 def test_print_config_prints_the_resolved_config_and_touches_nothing(tmp_path, capsys):
     import yaml
 
