@@ -21,15 +21,20 @@ episode, never trained on):
   does): R^2 of a ridge regression from the posterior features to the paddle's
   column, the object's column and their difference (what decides a catch), fitted on
   training episodes and scored on held-out ones. A low R^2 for the difference means
-  the latent does not hold what the reward depends on;
+  the latent does not hold what the reward depends on. The same probe on the world
+  model's inputs (MWM's tokens; not pixels, too wide) says whether the information was
+  there to be read, and the probe on the encoder's embedding (before the RSSM) whether
+  the encoder or the RSSM loses it;
 - the training reward loss (mean over the last ``--every`` updates) over the
   predict-zero loss of the same batches, and the KL.
 
 For MWM the autoencoder is pre-trained on the same replay first (``run.pretrain``
 updates of the setting), once per process: variants that share the autoencoder's
 flags start from the same autoencoder. During the world-model updates the
-autoencoder keeps training, one update per world-model update, as in a run. The
-actor-critic is not trained (it does not change the world model).
+autoencoder keeps training, one update per world-model update, as in a run, or stays
+as pre-trained (``--representation-updates 0``: about twice as fast, and every
+variant reads the same tokens). The actor-critic is not trained (it does not change
+the world model).
 
     # a CURL run's replay holds a competent policy's episodes (many catches)
     python benchmarks/world_model_offline.py --replay runs/bench16/toy_catch-o16-curl-seed0/replay \\
@@ -66,6 +71,7 @@ from mwm.atomic import atomic_write_text  # noqa: E402
 
 PROBE_RIDGE = 1e-2  # ridge penalty of the probe, relative to the features' mean variance
 PROBE_EPISODES = 60  # training episodes the probe is fitted on (the first ones of the split)
+INPUT_PROBE_MAX_DIM = 4096  # the inputs themselves are probed only up to this size (MWM's tokens, not pixels)
 
 
 # ------------------------------------------------------------------ data
@@ -133,8 +139,10 @@ def make_world_model_agent(cfg, seed: int):
 # ------------------------------------------------------------------ scores
 
 
-def posterior_features(agent, episode: Dict[str, np.ndarray]):
-    """The posterior features (T, F) and squashed reward predictions (T,) of one whole episode."""
+def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, object]:
+    """One whole episode through the world model: ``inputs`` it reads, flattened (T, n), the
+    encoder's ``embed`` (T, E), the posterior features ``feat`` (T, F) and the reward head's
+    squashed predictions ``head`` (T,)."""
     import torch
 
     wm = agent.wm
@@ -142,9 +150,11 @@ def posterior_features(agent, episode: Dict[str, np.ndarray]):
     action = torch.as_tensor(episode["action"]).float()[None]  # (1, T, A)
     is_first = torch.as_tensor(episode["is_first"])[None].clone()
     is_first[:, 0] = True
-    post, _ = wm.rssm.observe(wm.encoder(agent.wm_inputs(images).float()), action, is_first)
+    inputs = agent.wm_inputs(images).float()  # (1, T, ...)
+    embed = wm.encoder(inputs)  # (1, T, E)
+    post, _ = wm.rssm.observe(embed, action, is_first)
     feat = wm.feature(post)  # (1, T, F)
-    return feat[0], wm.reward_head(feat)[0]
+    return {"inputs": inputs[0].flatten(1), "embed": embed[0], "feat": feat[0], "head": wm.reward_head(feat)[0]}
 
 
 def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> List[float]:
@@ -176,31 +186,42 @@ def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], thre
     from mwm.heads import squash
 
     transform = agent.wm.reward_transform
-    preds, truths, feats, targets = [], [], [], []
-    with torch.no_grad():
-        for episode in held_eps:
-            feat, head = posterior_features(agent, episode)
-            preds.append(head.float().numpy())
-            truths.append(episode["reward"].astype(np.float64))
-            feats.append(feat.float().numpy())
-            targets.append(probe_targets(episode))
-        train_feats, train_targets = [], []
-        if targets[0] is not None:
-            for episode in train_eps[:PROBE_EPISODES]:
-                train_feats.append(posterior_features(agent, episode)[0].float().numpy())
-                train_targets.append(probe_targets(episode))
-    head, truth = np.concatenate(preds), np.concatenate(truths)  # (N,) squashed, (N,) rewards
+    held = [posterior_features_numpy(agent, episode) for episode in held_eps]
+    targets_available = probe_targets(held_eps[0]) is not None
+    probe_eps = train_eps[:PROBE_EPISODES] if targets_available else []
+    train = [posterior_features_numpy(agent, episode) for episode in probe_eps]
+    head = np.concatenate([out["head"] for out in held])  # (N,) squashed predictions
+    truth = np.concatenate([episode["reward"] for episode in held_eps]).astype(np.float64)  # (N,)
     target = squash(torch.as_tensor(truth), transform).numpy()
     reward = squash_inverse(head, transform)
     out = {"reward_loss": float(((head - target) ** 2).mean()), "zero_loss": float((target ** 2).mean()),
            "reward_corr": pearson(reward, truth), **event_scores(reward, truth, threshold),
            "sign_acc": event_sign_accuracy(reward, truth, threshold)}
     out["loss_ratio"] = out["reward_loss"] / out["zero_loss"] if out["zero_loss"] > 0 else float("nan")
-    if train_feats:
-        r2 = ridge_r2(np.concatenate(train_feats), np.concatenate(train_targets), np.concatenate(feats),
-                      np.concatenate(targets))
-        out.update({"probe_r2_paddle": r2[0], "probe_r2_object": r2[1], "probe_r2_offset": r2[2]})
+    if targets_available:
+        y_train = np.concatenate([probe_targets(episode) for episode in probe_eps])  # (N, 3)
+        y_test = np.concatenate([probe_targets(episode) for episode in held_eps])
+        # the posterior features, the encoder's embedding and (where narrow enough) the inputs
+        for name, key in (("probe", "feat"), ("embed", "embed"), ("inputs", "inputs")):
+            if key == "inputs" and held[0][key].shape[1] > INPUT_PROBE_MAX_DIM:
+                continue
+            r2 = ridge_r2(np.concatenate([o[key] for o in train]), y_train,
+                          np.concatenate([o[key] for o in held]), y_test)
+            out.update({f"{name}_r2_paddle": r2[0], f"{name}_r2_object": r2[1], f"{name}_r2_offset": r2[2]})
     return out
+
+
+def posterior_features_numpy(agent, episode: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """:func:`posterior_features` in eval mode without gradients, as float64 numpy arrays."""
+    import torch
+
+    was_training = agent.wm.training
+    agent.wm.eval()
+    try:
+        with torch.no_grad():
+            return {key: value.double().numpy() for key, value in posterior_features(agent, episode).items()}
+    finally:
+        agent.wm.train(was_training)
 
 
 def squash_inverse(values: np.ndarray, transform: str) -> np.ndarray:
@@ -269,7 +290,8 @@ def train_variant(name: str, flags: List[str], args, train: List, held: List, pr
                 agent.mae_opt.load_state_dict(pretrained[key]["opt"])
             losses, zeros = [], []
             for update in range(1, args.updates + 1):
-                agent.representation_update(replay)
+                if args.representation_updates:
+                    agent.representation_update(replay)
                 batch = agent.batches(replay, "wm", cfg.replay.batch, cfg.replay.length)
                 batch = {key: batch[key] for key in WM_KEYS}
                 metrics, _ = agent.world_model_step(batch)
@@ -299,8 +321,8 @@ def fmt(value, width: int = 6, digits: int = 2) -> str:
 
 
 HEADER = (f"{'variant':<22} {'upd':>5} | {'train r/0':>9} | closed: {'r/0':>5} {'recall':>6} {'sign':>5} "
-          f"{'R2 pad':>6} {'R2 obj':>6} {'R2 off':>6} | open: {'corr':>5} {'prec':>5} {'recall':>6} {'sign':>5} "
-          f"{'kl':>5}")
+          f"{'R2 pad':>6} {'R2 obj':>6} {'R2 off':>6} {'em off':>6} {'in off':>6} "
+          f"| open: {'corr':>5} {'prec':>5} {'recall':>6} {'sign':>5} {'kl':>5}")
 
 
 def print_row(name: str, point: Dict, flush: bool = False) -> None:
@@ -308,8 +330,10 @@ def print_row(name: str, point: Dict, flush: bool = False) -> None:
     ratio = point["train_reward_loss"] / point["train_zero_loss"] if point["train_zero_loss"] else float("nan")
     print(f"{name[:22]:<22} {point['updates']:>5} | {fmt(ratio, 9)} | closed: {fmt(c['loss_ratio'], 5)} "
           f"{fmt(c['reward_recall'])} {fmt(c['sign_acc'], 5)} {fmt(c.get('probe_r2_paddle'))} "
-          f"{fmt(c.get('probe_r2_object'))} {fmt(c.get('probe_r2_offset'))} | open: {fmt(o['reward_corr'], 5)} "
-          f"{fmt(o['reward_precision'], 5)} {fmt(o['reward_recall'])} {fmt(o['sign_acc'], 5)} {fmt(o['kl'], 5)}",
+          f"{fmt(c.get('probe_r2_object'))} {fmt(c.get('probe_r2_offset'))} {fmt(c.get('embed_r2_offset'))} "
+          f"{fmt(c.get('inputs_r2_offset'))} "
+          f"| open: {fmt(o['reward_corr'], 5)} {fmt(o['reward_precision'], 5)} {fmt(o['reward_recall'])} "
+          f"{fmt(o['sign_acc'], 5)} {fmt(o['kl'], 5)}",
           flush=flush)
 
 
@@ -317,7 +341,9 @@ def print_table(result: Dict) -> None:
     print(f"\n{result['agent']} world model, {result['updates']} updates on {result['train_episodes']} episodes of "
           f"{result['replay']}; scored on {result['held_out_episodes']} held-out episodes")
     print("train r/0, closed r/0: reward loss over the loss of predicting 0 (below 1: it learned something); "
-          "recall / sign: reward events found / of the right sign; R2: probe of paddle, object, object - paddle")
+          "recall / sign: reward events found / of the right sign; R2: probe of paddle, object, object - paddle "
+          "from the posterior features; em off, in off: of object - paddle from the encoder's embedding, "
+          "from the inputs")
     print(HEADER)
     for variant in result["variants"]:
         for point in variant["curve"]:
@@ -367,6 +393,9 @@ def parse_args(argv=None):
                    help="'NAME: FLAGS' (repeatable); default one variant 'setting' with no extra flags")
     p.add_argument("--updates", type=int, default=2000, help="world-model updates per variant")
     p.add_argument("--every", type=int, default=250, help="score every this many updates")
+    p.add_argument("--representation-updates", type=int, default=1, choices=(0, 1),
+                   help="1: the representation (MWM's autoencoder) trains beside the world model, as in a run; "
+                        "0: it stays as pre-trained (faster, and every variant reads the same inputs)")
     p.add_argument("--holdout-every", type=int, default=5, help="every this-many-th episode is held out")
     p.add_argument("--sequences", type=int, default=256, help="held-out windows of 5 + 15 steps (open loop)")
     p.add_argument("--threshold", type=float, default=0.5, help="|reward| of a reward event")
@@ -395,7 +424,8 @@ def main(argv=None) -> int:
     named = load_episodes(args.replay)
     train, held = split_episodes(named, args.holdout_every)
     result = {"replay": str(args.replay), "agent": args.agent, "setting": args.setting, "updates": args.updates,
-              "every": args.every, "seed": args.seed, "threshold": args.threshold, "overrides": args.overrides,
+              "every": args.every, "representation_updates": args.representation_updates, "seed": args.seed,
+              "threshold": args.threshold, "overrides": args.overrides,
               "train_episodes": len(train), "held_out_episodes": len(held),
               "held_out_files": [name for name, _ in held], "variants": []}
     print(f"{len(train)} training and {len(held)} held-out episodes from {args.replay}")
