@@ -41,6 +41,10 @@ the world model).
         --agent mwm --updates 2000 --every 250 \\
         --variant "base:" --variant "no token norm: --wm.token_norm false --wm.recon_scale 1"
 
+``--encoder-pool flatten`` tries an encoder the library does not have yet (MWM and
+SiamMAE): the flat-ViT encoder's mean over tokens is replaced by one linear map of all
+its output tokens, which keeps where each thing is (:class:`FlattenPoolEncoder`).
+
 A variant is ``NAME: FLAGS``, flags as for ``mwm.train`` (``--key value`` pairs),
 added to the agent's learning-benchmark setting (``--setting``); extra flags for every
 variant go after ``--``. Prints a table, writes JSON (``--out``) and a PNG of the
@@ -60,6 +64,8 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -134,6 +140,42 @@ def make_world_model_agent(cfg, seed: int):
         return make_agent(cfg, env.obs_space, env.act_space, torch.device("cpu"))
     finally:
         env.close()
+
+
+class FlattenPoolEncoder(nn.Module):
+    """MWM's flat-ViT encoder with its mean over the L tokens replaced by a linear map of
+    all of them: (B, T, L, Dt) -> (B, T, W), W the encoder's width as before.
+
+    A mean keeps *what* the tokens hold but not *which* token holds it unless the ViT
+    has mixed position into content first; the linear map reads every position.
+    """
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.out_dim = encoder.out_dim
+        self.pool = nn.Linear(encoder.num_tokens * encoder.out_dim, encoder.out_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        enc = self.encoder
+        lead = tokens.shape[:-2]
+        x = enc.proj(tokens.reshape(-1, enc.num_tokens, enc.token_dim)) + enc.pos  # (B*T, L, W)
+        x = enc.transformer(x).flatten(1)  # (B*T, L*W)
+        return self.pool(x).reshape(*lead, self.out_dim)  # (B, T, W)
+
+
+def use_flatten_pool(agent, cfg) -> None:
+    """Give ``agent``'s world model a :class:`FlattenPoolEncoder` and a new world-model
+    optimiser over its parameters (same settings as the agent's own)."""
+    from mwm.optim import Optimizer
+    from mwm.world_model import FlatViTEncoder
+
+    if not isinstance(agent.wm.encoder, FlatViTEncoder):
+        raise SystemExit(f"error: --encoder-pool flatten needs a flat-ViT encoder (mwm, siammae), "
+                         f"not {type(agent.wm.encoder).__name__}")
+    agent.wm.encoder = FlattenPoolEncoder(agent.wm.encoder)
+    w = cfg.wm
+    agent.wm_opt = Optimizer("model", agent.wm.parameters(), w.lr, w.eps, w.clip, w.wd)
 
 
 # ------------------------------------------------------------------ scores
@@ -269,6 +311,8 @@ def train_variant(name: str, flags: List[str], args, train: List, held: List, pr
 
     cfg = build_config(args.agent, args.setting, args.env, [*flags, *args.overrides])
     agent = make_world_model_agent(cfg, args.seed)
+    if args.encoder_pool == "flatten":
+        use_flatten_pool(agent, cfg)
     train_eps, held_eps = [ep for _, ep in train], [ep for _, ep in held]
     windows = diagnostics.cut_windows(held_eps, diagnostics.CONTEXT + diagnostics.HORIZON, args.sequences,
                                       np.random.default_rng(args.seed))
@@ -355,19 +399,27 @@ def plot(result: Dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("closed_loop", "loss_ratio", "closed loop: reward loss / predict-0 loss\n(lower is better)"),
-              ("closed_loop", "probe_r2_offset", "probe R^2 of object - paddle column\n(higher is better)"),
-              ("open_loop", "reward_corr", "open loop (15 steps): reward correlation\n(higher is better)"),
+    panels = [("closed_loop", "loss_ratio", "closed loop: reward loss / predict-0\n(lower is better)"),
+              ("closed_loop", "probe_r2_offset", "probe R^2, object - paddle column\n"
+                                                 "posterior -, encoder output --, inputs :"),
+              ("open_loop", "reward_corr", "open loop, 15 steps: reward corr.\n(higher is better)"),
               ("open_loop", "reward_recall", "open loop: reward-event recall\n(higher is better)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(15, 3.8))
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, (part, key, title) in zip(axes, panels):
-        for variant in result["variants"]:
+        extra = [("embed_r2_offset", "--"), ("inputs_r2_offset", ":")] if key == "probe_r2_offset" else []
+        for i, variant in enumerate(result["variants"]):
             xs = [p["updates"] for p in variant["curve"]]
-            ys = [p[part].get(key) for p in variant["curve"]]
-            ys = [np.nan if y is None else y for y in ys]
-            axis.plot(xs, ys, marker="o", markersize=3, label=variant["name"])
+            for line_key, style in [(key, "-"), *extra]:
+                ys = [p[part].get(line_key) for p in variant["curve"]]
+                if all(y is None for y in ys):
+                    continue
+                ys = [np.nan if y is None else y for y in ys]
+                axis.plot(xs, ys, style, marker="o", markersize=3, color=colours[i % len(colours)],
+                          label=variant["name"] if style == "-" else None)
         axis.set(title=title, xlabel="world-model updates")
     axes[0].axhline(1.0, color="grey", linewidth=0.8)
+    axes[1].set_ylim(0.0, 1.05)
     axes[-1].legend(fontsize=7)
     save_png(fig, path)
 
@@ -396,6 +448,8 @@ def parse_args(argv=None):
     p.add_argument("--representation-updates", type=int, default=1, choices=(0, 1),
                    help="1: the representation (MWM's autoencoder) trains beside the world model, as in a run; "
                         "0: it stays as pre-trained (faster, and every variant reads the same inputs)")
+    p.add_argument("--encoder-pool", default="mean", choices=("mean", "flatten"),
+                   help="mean: the library's flat-ViT encoder; flatten: FlattenPoolEncoder (an experiment)")
     p.add_argument("--holdout-every", type=int, default=5, help="every this-many-th episode is held out")
     p.add_argument("--sequences", type=int, default=256, help="held-out windows of 5 + 15 steps (open loop)")
     p.add_argument("--threshold", type=float, default=0.5, help="|reward| of a reward event")
@@ -424,7 +478,8 @@ def main(argv=None) -> int:
     named = load_episodes(args.replay)
     train, held = split_episodes(named, args.holdout_every)
     result = {"replay": str(args.replay), "agent": args.agent, "setting": args.setting, "updates": args.updates,
-              "every": args.every, "representation_updates": args.representation_updates, "seed": args.seed,
+              "every": args.every, "representation_updates": args.representation_updates,
+              "encoder_pool": args.encoder_pool, "seed": args.seed,
               "threshold": args.threshold, "overrides": args.overrides,
               "train_episodes": len(train), "held_out_episodes": len(held),
               "held_out_files": [name for name, _ in held], "variants": []}

@@ -78,3 +78,17 @@ def test_a_few_updates_score_held_out_episodes_only(tmp_path):
     assert closed["zero_loss"] == pytest.approx(np.mean(np.log1p(np.abs(held_rewards)) ** 2), rel=1e-5)
     assert closed["reward_loss"] >= 0 and "probe_r2_offset" in closed
     assert variant["curve"][-1]["open_loop"]["reward_events_true"] >= 0
+
+
+def test_the_flatten_pool_encoder_keeps_the_width_and_reads_every_position():
+    import torch
+
+    from mwm.world_model import FlatViTEncoder
+
+    torch.manual_seed(0)
+    encoder = offline.FlattenPoolEncoder(FlatViTEncoder(token_dim=8, num_tokens=5, width=16, depth=1, heads=2))
+    tokens = torch.randn(2, 3, 5, 8)  # (B, T, L, Dt)
+    out = encoder(tokens)
+    assert out.shape == (2, 3, 16)
+    swapped = tokens[:, :, [1, 0, 2, 3, 4]]  # the same contents, two positions exchanged
+    assert not torch.allclose(encoder(swapped), out)
