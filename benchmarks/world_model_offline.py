@@ -1,0 +1,500 @@
+"""Does the world model learn reward events? Offline, on a fixed replay, variant by variant.
+
+The learning benchmark (``benchmarks/learning.py``) scores a world model once, at the
+end of a run whose data its own policy collected. This script separates the world
+model from the policy: it trains a *fresh* Dreamer-family world model (mwm, dreamerv2
+or siammae, at the learning benchmark's CPU setting plus each variant's flags) for
+``--updates`` updates on the episodes of one FIXED replay folder, and every ``--every``
+updates scores it on held-out episodes of that folder (every ``--holdout-every``-th
+episode, never trained on):
+
+- **open loop** (``mwm/diagnostics.py``): the posterior reads 5 steps, the prior
+  predicts 15 under the recorded actions; the correlation of predicted and true
+  rewards, reward-event precision and recall (|r| >= 0.5, matched with their sign),
+  and ``sign_acc``: at the true events, the share whose prediction has the right sign
+  (at any magnitude; recall also needs |prediction| >= 0.5);
+- **closed loop**: the reward head on the posterior of whole held-out episodes (every
+  frame observed). ``loss / zero`` is its reward loss (squared error in the
+  head's squashed space, as trained) over the loss of predicting 0 everywhere: below 1
+  means the latent carries reward information; with recall and ``sign_acc`` as above;
+- **probe** (where the episodes record ``paddle_pos`` and ``object_pos``, as toy_catch
+  does): R^2 of a ridge regression from the posterior features to the paddle's
+  column, the object's column and their difference (what decides a catch), fitted on
+  training episodes and scored on held-out ones. A low R^2 for the difference means
+  the latent does not hold what the reward depends on. The same probe on the world
+  model's inputs (MWM's tokens; not pixels, too wide) says whether the information was
+  there to be read, and the probe on the encoder's embedding (before the RSSM) whether
+  the encoder or the RSSM loses it;
+- the training reward loss (mean over the last ``--every`` updates) over the
+  predict-zero loss of the same batches, and the KL.
+
+For MWM the autoencoder is pre-trained on the same replay first (``run.pretrain``
+updates of the setting), once per process: variants that share the autoencoder's
+flags start from the same autoencoder. During the world-model updates the
+autoencoder keeps training, one update per world-model update, as in a run, or stays
+as pre-trained (``--representation-updates 0``: about twice as fast, and every
+variant reads the same tokens). The actor-critic is not trained (it does not change
+the world model).
+
+    # a CURL run's replay holds a competent policy's episodes (many catches)
+    python benchmarks/world_model_offline.py --replay runs/bench16/toy_catch-o16-curl-seed0/replay \\
+        --agent mwm --updates 2000 --every 250 \\
+        --variant "base:" --variant "no token norm: --wm.token_norm false --wm.recon_scale 1"
+
+``--encoder-pool flatten`` tries an encoder the library does not have yet (MWM and
+SiamMAE): the flat-ViT encoder's mean over tokens is replaced by one linear map of all
+its output tokens, which keeps where each thing is (:class:`FlattenPoolEncoder`).
+
+A variant is ``NAME: FLAGS``, flags as for ``mwm.train`` (``--key value`` pairs),
+added to the agent's learning-benchmark setting (``--setting``); extra flags for every
+variant go after ``--``. Prints a table, writes JSON (``--out``) and a PNG of the
+scores over updates (``--plot``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._figures import save_png  # noqa: E402
+from benchmarks.learning import SETTINGS, merge_flags  # noqa: E402
+from benchmarks.world_model import DREAMER_FAMILY, to_json  # noqa: E402
+from mwm.atomic import atomic_write_text  # noqa: E402
+
+PROBE_RIDGE = 1e-2  # ridge penalty of the probe, relative to the features' mean variance
+PROBE_EPISODES = 60  # training episodes the probe is fitted on (the first ones of the split)
+INPUT_PROBE_MAX_DIM = 4096  # the inputs themselves are probed only up to this size (MWM's tokens, not pixels)
+
+
+# ------------------------------------------------------------------ data
+
+
+def load_episodes(folder: str) -> List[Tuple[str, Dict[str, np.ndarray]]]:
+    """(file name, episode) of every episode file in ``folder``, oldest first."""
+    from replay.episodes import list_episode_files, load_episode
+
+    files = list_episode_files(folder)
+    if not files:
+        raise SystemExit(f"error: no episode files in {folder}: give a replay folder of mwm.train")
+    return [(Path(f.path).name, load_episode(f.path, expected_length=f.length)) for f in files]
+
+
+def split_episodes(named: Sequence[Tuple[str, Dict]], every: int) -> Tuple[List, List]:
+    """(train, held_out): every ``every``-th episode (the 1st, the (every+1)-th, ...) is held
+    out, so that both halves span the whole replay (its early random and later policy data)."""
+    held = [item for i, item in enumerate(named) if i % every == 0]
+    train = [item for i, item in enumerate(named) if i % every != 0]
+    if not train or not held:
+        raise SystemExit(f"error: {len(named)} episodes cannot be split into training and held-out ones "
+                         f"with --holdout-every {every}")
+    return train, held
+
+
+def event_sign_accuracy(pred: np.ndarray, truth: np.ndarray, threshold: float) -> float:
+    """At the true reward events (|truth| >= threshold), the share of predictions with the
+    same sign, at any magnitude; NaN without events."""
+    events = np.abs(truth) >= threshold
+    if not events.any():
+        return float("nan")
+    return float((np.sign(pred[events]) == np.sign(truth[events])).mean())
+
+
+# ------------------------------------------------------------------ the agent
+
+
+def build_config(agent: str, setting: str, env: str, flags: Sequence[str]):
+    """The agent's config at the learning benchmark's setting plus ``flags`` (--key value)."""
+    from mwm import config as config_lib
+
+    preset, setting_flags = SETTINGS[setting][agent]
+    merged = merge_flags(setting_flags, list(flags))
+    overrides = [f"{key[2:]}={value}" for key, value in zip(merged[::2], merged[1::2])]
+    return config_lib.build(env, agent, preset, overrides)
+
+
+def make_world_model_agent(cfg, seed: int):
+    """A fresh agent of ``cfg`` on the CPU, its networks seeded with ``seed``."""
+    import torch
+
+    from agents.registry import make_agent
+    from envs.vector import VectorEnv
+    from mwm.run_dir import env_kwargs
+
+    env = VectorEnv(cfg.run.env, 1, seed=seed, parallel=False, **env_kwargs(cfg))
+    try:
+        torch.manual_seed(seed)
+        return make_agent(cfg, env.obs_space, env.act_space, torch.device("cpu"))
+    finally:
+        env.close()
+
+
+class FlattenPoolEncoder(nn.Module):
+    """MWM's flat-ViT encoder with its mean over the L tokens replaced by a linear map of
+    all of them: (B, T, L, Dt) -> (B, T, W), W the encoder's width as before.
+
+    A mean keeps *what* the tokens hold but not *which* token holds it unless the ViT
+    has mixed position into content first; the linear map reads every position.
+    """
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.out_dim = encoder.out_dim
+        self.pool = nn.Linear(encoder.num_tokens * encoder.out_dim, encoder.out_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        enc = self.encoder
+        lead = tokens.shape[:-2]
+        x = enc.proj(tokens.reshape(-1, enc.num_tokens, enc.token_dim)) + enc.pos  # (B*T, L, W)
+        x = enc.transformer(x).flatten(1)  # (B*T, L*W)
+        return self.pool(x).reshape(*lead, self.out_dim)  # (B, T, W)
+
+
+def use_flatten_pool(agent, cfg) -> None:
+    """Give ``agent``'s world model a :class:`FlattenPoolEncoder` and a new world-model
+    optimiser over its parameters (same settings as the agent's own)."""
+    from mwm.optim import Optimizer
+    from mwm.world_model import FlatViTEncoder
+
+    if not isinstance(agent.wm.encoder, FlatViTEncoder):
+        raise SystemExit(f"error: --encoder-pool flatten needs a flat-ViT encoder (mwm, siammae), "
+                         f"not {type(agent.wm.encoder).__name__}")
+    agent.wm.encoder = FlattenPoolEncoder(agent.wm.encoder)
+    w = cfg.wm
+    agent.wm_opt = Optimizer("model", agent.wm.parameters(), w.lr, w.eps, w.clip, w.wd)
+
+
+# ------------------------------------------------------------------ scores
+
+
+def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, object]:
+    """One whole episode through the world model: ``inputs`` it reads, flattened (T, n), the
+    encoder's ``embed`` (T, E), the posterior features ``feat`` (T, F) and the reward head's
+    squashed predictions ``head`` (T,)."""
+    import torch
+
+    wm = agent.wm
+    images = torch.as_tensor(episode["image"])[None]  # (1, T, H, W, C)
+    action = torch.as_tensor(episode["action"]).float()[None]  # (1, T, A)
+    is_first = torch.as_tensor(episode["is_first"])[None].clone()
+    is_first[:, 0] = True
+    inputs = agent.wm_inputs(images).float()  # (1, T, ...)
+    embed = wm.encoder(inputs)  # (1, T, E)
+    post, _ = wm.rssm.observe(embed, action, is_first)
+    feat = wm.feature(post)  # (1, T, F)
+    return {"inputs": inputs[0].flatten(1), "embed": embed[0], "feat": feat[0], "head": wm.reward_head(feat)[0]}
+
+
+def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> List[float]:
+    """R^2 on the test set of a ridge regression per target column: x (N, F), y (N, K)."""
+    mean_x, mean_y = x_train.mean(0), y_train.mean(0)
+    xc = x_train - mean_x
+    penalty = PROBE_RIDGE * xc.var(0).mean() * len(xc)
+    weights = np.linalg.solve(xc.T @ xc + penalty * np.eye(xc.shape[1]), xc.T @ (y_train - mean_y))  # (F, K)
+    pred = (x_test - mean_x) @ weights + mean_y
+    residual = ((y_test - pred) ** 2).sum(0)
+    total = ((y_test - y_test.mean(0)) ** 2).sum(0)
+    return [float(1 - r / t) if t > 0 else float("nan") for r, t in zip(residual, total)]
+
+
+def probe_targets(episode: Dict[str, np.ndarray]) -> np.ndarray | None:
+    """(T, 3): the paddle's column, the object's column and their difference; None where
+    the episodes do not record them."""
+    if "paddle_pos" not in episode or "object_pos" not in episode:
+        return None
+    paddle, obj = episode["paddle_pos"][:, 1], episode["object_pos"][:, 1]
+    return np.stack([paddle, obj, obj - paddle], axis=1).astype(np.float64)
+
+
+def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], threshold: float) -> Dict[str, float]:
+    """Reward predictions from the posterior of whole held-out episodes, and the probe."""
+    import torch
+
+    from mwm.diagnostics import event_scores, pearson
+    from mwm.heads import squash
+
+    transform = agent.wm.reward_transform
+    held = [posterior_features_numpy(agent, episode) for episode in held_eps]
+    targets_available = probe_targets(held_eps[0]) is not None
+    probe_eps = train_eps[:PROBE_EPISODES] if targets_available else []
+    train = [posterior_features_numpy(agent, episode) for episode in probe_eps]
+    head = np.concatenate([out["head"] for out in held])  # (N,) squashed predictions
+    truth = np.concatenate([episode["reward"] for episode in held_eps]).astype(np.float64)  # (N,)
+    target = squash(torch.as_tensor(truth), transform).numpy()
+    reward = squash_inverse(head, transform)
+    out = {"reward_loss": float(((head - target) ** 2).mean()), "zero_loss": float((target ** 2).mean()),
+           "reward_corr": pearson(reward, truth), **event_scores(reward, truth, threshold),
+           "sign_acc": event_sign_accuracy(reward, truth, threshold)}
+    out["loss_ratio"] = out["reward_loss"] / out["zero_loss"] if out["zero_loss"] > 0 else float("nan")
+    if targets_available:
+        y_train = np.concatenate([probe_targets(episode) for episode in probe_eps])  # (N, 3)
+        y_test = np.concatenate([probe_targets(episode) for episode in held_eps])
+        # the posterior features, the encoder's embedding and (where narrow enough) the inputs
+        for name, key in (("probe", "feat"), ("embed", "embed"), ("inputs", "inputs")):
+            if key == "inputs" and held[0][key].shape[1] > INPUT_PROBE_MAX_DIM:
+                continue
+            r2 = ridge_r2(np.concatenate([o[key] for o in train]), y_train,
+                          np.concatenate([o[key] for o in held]), y_test)
+            out.update({f"{name}_r2_paddle": r2[0], f"{name}_r2_object": r2[1], f"{name}_r2_offset": r2[2]})
+    return out
+
+
+def posterior_features_numpy(agent, episode: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """:func:`posterior_features` in eval mode without gradients, as float64 numpy arrays."""
+    import torch
+
+    was_training = agent.wm.training
+    agent.wm.eval()
+    try:
+        with torch.no_grad():
+            return {key: value.double().numpy() for key, value in posterior_features(agent, episode).items()}
+    finally:
+        agent.wm.train(was_training)
+
+
+def squash_inverse(values: np.ndarray, transform: str) -> np.ndarray:
+    """The agent's reward units from the head's squashed space (symexp, atanh or identity)."""
+    if transform == "symlog":
+        return np.sign(values) * np.expm1(np.abs(values))
+    if transform == "tanh":
+        return np.arctanh(np.clip(values, -0.999999, 0.999999))
+    return values
+
+
+def open_loop_scores(agent, windows: Dict, threshold: float) -> Dict[str, float]:
+    """:func:`mwm.diagnostics.open_loop` on the held-out windows, with the sign accuracy."""
+    import torch
+
+    from mwm import diagnostics
+
+    result = diagnostics.open_loop(agent, windows, threshold=threshold)
+    with torch.no_grad():
+        was_training = agent.wm.training
+        agent.wm.eval()
+        pred = diagnostics.predict(agent, windows)["reward"].numpy()  # (B, H)
+        agent.wm.train(was_training)
+    truth = windows["reward"][:, diagnostics.CONTEXT:].float().numpy()
+    keys = ("reward_corr", "reward_precision", "reward_recall", "reward_events_true", "reward_events_predicted",
+            "kl", "post_entropy", "recon_error_observed")
+    out = {key: float(result[key]) for key in keys}
+    out["reward_corr_by_step"] = result["reward_corr_by_step"]
+    out["recon_error_h15"] = float(result["recon_error_by_step"][-1])
+    out["sign_acc"] = event_sign_accuracy(pred, truth, threshold)
+    return out
+
+
+# ------------------------------------------------------------------ training
+
+
+def train_variant(name: str, flags: List[str], args, train: List, held: List, pretrained: Dict) -> Dict:
+    """Train one fresh world model on the training episodes; score it every ``args.every`` updates."""
+    import torch
+
+    from agents.world_model_agent import WM_KEYS
+    from mwm import diagnostics
+    from mwm.heads import squash
+    from replay import Replay
+
+    cfg = build_config(args.agent, args.setting, args.env, [*flags, *args.overrides])
+    agent = make_world_model_agent(cfg, args.seed)
+    if args.encoder_pool == "flatten":
+        use_flatten_pool(agent, cfg)
+    train_eps, held_eps = [ep for _, ep in train], [ep for _, ep in held]
+    windows = diagnostics.cut_windows(held_eps, diagnostics.CONTEXT + diagnostics.HORIZON, args.sequences,
+                                      np.random.default_rng(args.seed))
+    windows = {key: torch.as_tensor(windows[key]) for key in diagnostics.SEQUENCE_KEYS}
+    curve, start = [], time.time()
+    with tempfile.TemporaryDirectory() as folder:
+        replay = Replay(folder, capacity=10 ** 9, seed=args.seed)
+        for episode in train_eps:
+            replay.add_episode(episode, save=False)
+        try:
+            pretrain = int(cfg.run.pretrain) if hasattr(agent, "pretrain") else 0
+            if pretrain > 1:  # an autoencoder to pre-train (DreamerV2's one update is no pre-training)
+                key = json.dumps({"mae": dict(cfg.mae), "updates": pretrain}, sort_keys=True, default=str)
+                if key not in pretrained:
+                    print(f"{name}: pre-training the autoencoder, {pretrain} updates ...", flush=True)
+                    agent.pretrain(replay, pretrain)
+                    pretrained[key] = {"mae": agent.mae.state_dict(), "opt": agent.mae_opt.state_dict()}
+                agent.mae.load_state_dict(pretrained[key]["mae"])
+                agent.mae_opt.load_state_dict(pretrained[key]["opt"])
+            losses, zeros = [], []
+            for update in range(1, args.updates + 1):
+                if args.representation_updates:
+                    agent.representation_update(replay)
+                batch = agent.batches(replay, "wm", cfg.replay.batch, cfg.replay.length)
+                batch = {key: batch[key] for key in WM_KEYS}
+                metrics, _ = agent.world_model_step(batch)
+                losses.append(float(metrics["wm/reward_loss"]))
+                zeros.append(float(squash(batch["reward"].float(), cfg.wm.reward_transform).pow(2).mean()))
+                if update % args.every == 0 or update == args.updates:
+                    point = {"updates": update, "seconds": time.time() - start,
+                             "train_reward_loss": float(np.mean(losses)), "train_zero_loss": float(np.mean(zeros)),
+                             "open_loop": open_loop_scores(agent, windows, args.threshold),
+                             "closed_loop": closed_loop(agent, train_eps, held_eps, args.threshold)}
+                    curve.append(point)
+                    print_row(name, point, flush=True)
+                    losses, zeros = [], []
+        finally:
+            agent.close()
+    return {"name": name, "flags": flags, "config_overrides": [*flags, *args.overrides],
+            "seconds": time.time() - start, "curve": curve}
+
+
+# ------------------------------------------------------------------ output
+
+
+def fmt(value, width: int = 6, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-".rjust(width)
+    return f"{value:{width}.{digits}f}"
+
+
+HEADER = (f"{'variant':<22} {'upd':>5} | {'train r/0':>9} | closed: {'r/0':>5} {'recall':>6} {'sign':>5} "
+          f"{'R2 pad':>6} {'R2 obj':>6} {'R2 off':>6} {'em off':>6} {'in off':>6} "
+          f"| open: {'corr':>5} {'prec':>5} {'recall':>6} {'sign':>5} {'kl':>5}")
+
+
+def print_row(name: str, point: Dict, flush: bool = False) -> None:
+    c, o = point["closed_loop"], point["open_loop"]
+    ratio = point["train_reward_loss"] / point["train_zero_loss"] if point["train_zero_loss"] else float("nan")
+    print(f"{name[:22]:<22} {point['updates']:>5} | {fmt(ratio, 9)} | closed: {fmt(c['loss_ratio'], 5)} "
+          f"{fmt(c['reward_recall'])} {fmt(c['sign_acc'], 5)} {fmt(c.get('probe_r2_paddle'))} "
+          f"{fmt(c.get('probe_r2_object'))} {fmt(c.get('probe_r2_offset'))} {fmt(c.get('embed_r2_offset'))} "
+          f"{fmt(c.get('inputs_r2_offset'))} "
+          f"| open: {fmt(o['reward_corr'], 5)} {fmt(o['reward_precision'], 5)} {fmt(o['reward_recall'])} "
+          f"{fmt(o['sign_acc'], 5)} {fmt(o['kl'], 5)}",
+          flush=flush)
+
+
+def print_table(result: Dict) -> None:
+    print(f"\n{result['agent']} world model, {result['updates']} updates on {result['train_episodes']} episodes of "
+          f"{result['replay']}; scored on {result['held_out_episodes']} held-out episodes")
+    print("train r/0, closed r/0: reward loss over the loss of predicting 0 (below 1: it learned something); "
+          "recall / sign: reward events found / of the right sign; R2: probe of paddle, object, object - paddle "
+          "from the posterior features; em off, in off: of object - paddle from the encoder's embedding, "
+          "from the inputs")
+    print(HEADER)
+    for variant in result["variants"]:
+        for point in variant["curve"]:
+            print_row(variant["name"], point)
+
+
+def plot(result: Dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("closed_loop", "loss_ratio", "closed loop: reward loss / predict-0\n(lower is better)"),
+              ("closed_loop", "probe_r2_offset", "probe R^2, object - paddle column\n"
+                                                 "posterior -, encoder output --, inputs :"),
+              ("open_loop", "reward_corr", "open loop, 15 steps: reward corr.\n(higher is better)"),
+              ("open_loop", "reward_recall", "open loop: reward-event recall\n(higher is better)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, (part, key, title) in zip(axes, panels):
+        extra = [("embed_r2_offset", "--"), ("inputs_r2_offset", ":")] if key == "probe_r2_offset" else []
+        for i, variant in enumerate(result["variants"]):
+            xs = [p["updates"] for p in variant["curve"]]
+            for line_key, style in [(key, "-"), *extra]:
+                ys = [p[part].get(line_key) for p in variant["curve"]]
+                if all(y is None for y in ys):
+                    continue
+                ys = [np.nan if y is None else y for y in ys]
+                axis.plot(xs, ys, style, marker="o", markersize=3, color=colours[i % len(colours)],
+                          label=variant["name"] if style == "-" else None)
+        axis.set(title=title, xlabel="world-model updates")
+    axes[0].axhline(1.0, color="grey", linewidth=0.8)
+    axes[1].set_ylim(0.0, 1.05)
+    axes[-1].legend(fontsize=7)
+    save_png(fig, path)
+
+
+def parse_variant(text: str) -> Tuple[str, List[str]]:
+    """'NAME: --key value ...' -> (NAME, flags)."""
+    name, sep, flags = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"a variant is 'NAME: FLAGS', got {text!r}")
+    flags = shlex.split(flags)
+    if len(flags) % 2 or any(not key.startswith("--") for key in flags[::2]):
+        raise argparse.ArgumentTypeError(f"variant {name!r}: flags must be '--key value' pairs, got {flags}")
+    return name.strip(), flags
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--replay", required=True, help="a replay folder of mwm.train (<run>/replay), never written")
+    p.add_argument("--agent", default="mwm", choices=DREAMER_FAMILY)
+    p.add_argument("--env", default="toy_catch", help="the env the episodes come from (for its spaces)")
+    p.add_argument("--setting", default="cpu", choices=sorted(SETTINGS), help="benchmarks/learning.py setting")
+    p.add_argument("--variant", dest="variants", action="append", type=parse_variant,
+                   help="'NAME: FLAGS' (repeatable); default one variant 'setting' with no extra flags")
+    p.add_argument("--updates", type=int, default=2000, help="world-model updates per variant")
+    p.add_argument("--every", type=int, default=250, help="score every this many updates")
+    p.add_argument("--representation-updates", type=int, default=1, choices=(0, 1),
+                   help="1: the representation (MWM's autoencoder) trains beside the world model, as in a run; "
+                        "0: it stays as pre-trained (faster, and every variant reads the same inputs)")
+    p.add_argument("--encoder-pool", default="mean", choices=("mean", "flatten"),
+                   help="mean: the library's flat-ViT encoder; flatten: FlattenPoolEncoder (an experiment)")
+    p.add_argument("--holdout-every", type=int, default=5, help="every this-many-th episode is held out")
+    p.add_argument("--sequences", type=int, default=256, help="held-out windows of 5 + 15 steps (open loop)")
+    p.add_argument("--threshold", type=float, default=0.5, help="|reward| of a reward event")
+    p.add_argument("--seed", type=int, default=0, help="network initialisation, replay sampling and windows")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--out", default="world_model_offline.json")
+    p.add_argument("--plot", help="PNG path (default: --out with .png), or 'none'")
+    p.add_argument("overrides", nargs="*", help="flags for every variant, after --, e.g. -- --replay.batch 32")
+    args = p.parse_args(argv)
+    args.variants = args.variants or [("setting", [])]
+    if min(args.updates, args.every, args.sequences) < 1 or args.holdout_every < 2:
+        p.error("--updates, --every and --sequences must be at least 1, --holdout-every at least 2")
+    if args.agent not in SETTINGS[args.setting]:
+        p.error(f"setting {args.setting} has no {args.agent}")
+    if len(args.overrides) % 2:
+        p.error("flags after -- must be '--key value' pairs")
+    args.plot = args.plot or str(Path(args.out).with_suffix(".png"))
+    return args
+
+
+def main(argv=None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    named = load_episodes(args.replay)
+    train, held = split_episodes(named, args.holdout_every)
+    result = {"replay": str(args.replay), "agent": args.agent, "setting": args.setting, "updates": args.updates,
+              "every": args.every, "representation_updates": args.representation_updates,
+              "encoder_pool": args.encoder_pool, "seed": args.seed,
+              "threshold": args.threshold, "overrides": args.overrides,
+              "train_episodes": len(train), "held_out_episodes": len(held),
+              "held_out_files": [name for name, _ in held], "variants": []}
+    print(f"{len(train)} training and {len(held)} held-out episodes from {args.replay}")
+    print(HEADER)
+    pretrained: Dict = {}  # autoencoders pre-trained in this process, by their flags
+    for name, flags in args.variants:
+        result["variants"].append(train_variant(name, flags, args, train, held, pretrained))
+        atomic_write_text(args.out, json.dumps(to_json(result), indent=2))  # a partial result survives a stop
+    print_table(result)
+    print(f"json: {args.out}")
+    if args.plot != "none":
+        plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""benchmarks/world_model_offline.py: the held-out split, its scores, and a few updates end to end."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import world_model_offline as offline  # noqa: E402
+
+
+def test_held_out_episodes_are_every_nth_and_disjoint_from_training():
+    named = [(f"ep{i}.npz", {"i": i}) for i in range(12)]
+    train, held = offline.split_episodes(named, 5)
+    assert [name for name, _ in held] == ["ep0.npz", "ep5.npz", "ep10.npz"]
+    assert not {name for name, _ in train} & {name for name, _ in held}
+    assert len(train) + len(held) == len(named)
+    with pytest.raises(SystemExit):
+        offline.split_episodes(named[:1], 5)  # nothing left to train on
+
+
+def test_sign_accuracy_counts_only_true_events_at_any_magnitude():
+    truth = np.array([0.0, 1.0, -1.0, 1.0, 0.0])
+    pred = np.array([0.9, 0.1, -0.2, -0.3, 0.0])  # right sign at two of three events, all below 0.5
+    assert offline.event_sign_accuracy(pred, truth, 0.5) == pytest.approx(2 / 3)
+    assert np.isnan(offline.event_sign_accuracy(pred, np.zeros(5), 0.5))
+
+
+def test_the_squashed_rewards_invert():
+    values = np.array([-3.0, -1.0, 0.0, 0.5, 2.0])
+    symlog = np.sign(values) * np.log1p(np.abs(values))
+    assert offline.squash_inverse(symlog, "symlog") == pytest.approx(values)
+    assert offline.squash_inverse(np.tanh(values), "tanh") == pytest.approx(values, abs=1e-4)
+
+
+def test_variants_parse_and_refuse_loose_flags():
+    assert offline.parse_variant("big: --rssm.deter 128 --wm.head_units 128") == (
+        "big", ["--rssm.deter", "128", "--wm.head_units", "128"])
+    assert offline.parse_variant("base:") == ("base", [])
+    with pytest.raises(Exception):
+        offline.parse_variant("no colon --rssm.deter 128")
+    with pytest.raises(Exception):
+        offline.parse_variant("odd: --rssm.deter")
+
+
+def _write_replay(folder: Path, episodes: int) -> list:
+    """Random-policy toy_catch episodes (2 drops, 35 steps each) saved as a replay folder."""
+    from mwm.probes.sources import collect_episodes
+    from replay.episodes import save_episode
+
+    folder.mkdir()
+    played = collect_episodes("toy_catch", {"object_size": 16, "drops": 2}, episodes, 1000, seed=3)
+    for index, episode in enumerate(played):
+        save_episode(str(folder), {**episode, "is_last": episode["is_terminal"]}, index)
+    return played
+
+
+def test_a_few_updates_score_held_out_episodes_only(tmp_path):
+    played = _write_replay(tmp_path / "replay", 6)
+    out = tmp_path / "offline.json"
+    code = offline.main(["--replay", str(tmp_path / "replay"), "--agent", "mwm", "--updates", "2", "--every", "1",
+                         "--holdout-every", "3", "--sequences", "4", "--out", str(out), "--plot", "none",
+                         "--variant", "small: --rssm.deter 16 --rssm.hidden 16",
+                         "--", "--run.pretrain", "2", "--replay.batch", "2", "--replay.length", "8",
+                         "--mae.batch", "2", "--mae.length", "4"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["train_episodes"] == 4 and result["held_out_episodes"] == 2
+    assert len(result["held_out_files"]) == 2
+    variant = result["variants"][0]
+    assert variant["name"] == "small" and [p["updates"] for p in variant["curve"]] == [1, 2]
+    closed = variant["curve"][-1]["closed_loop"]
+    # the predict-zero baseline is the held-out episodes' (episodes 0 and 3) mean squared symlog reward
+    held_rewards = np.concatenate([played[0]["reward"], played[3]["reward"]]).astype(np.float64)
+    assert closed["zero_loss"] == pytest.approx(np.mean(np.log1p(np.abs(held_rewards)) ** 2), rel=1e-5)
+    assert closed["reward_loss"] >= 0 and "probe_r2_offset" in closed
+    assert variant["curve"][-1]["open_loop"]["reward_events_true"] >= 0
+
+
+def test_the_flatten_pool_encoder_keeps_the_width_and_reads_every_position():
+    import torch
+
+    from mwm.world_model import FlatViTEncoder
+
+    torch.manual_seed(0)
+    encoder = offline.FlattenPoolEncoder(FlatViTEncoder(token_dim=8, num_tokens=5, width=16, depth=1, heads=2))
+    tokens = torch.randn(2, 3, 5, 8)  # (B, T, L, Dt)
+    out = encoder(tokens)
+    assert out.shape == (2, 3, 16)
+    swapped = tokens[:, :, [1, 0, 2, 3, 4]]  # the same contents, two positions exchanged
+    assert not torch.allclose(encoder(swapped), out)
