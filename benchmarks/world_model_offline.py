@@ -167,6 +167,7 @@ class FlattenPoolEncoder(nn.Module):
 def use_flatten_pool(agent, cfg) -> None:
     """Give ``agent``'s world model a :class:`FlattenPoolEncoder` and a new world-model
     optimiser over its parameters (same settings as the agent's own)."""
+    from mwm.config import construct
     from mwm.optim import Optimizer
     from mwm.world_model import FlatViTEncoder
 
@@ -174,8 +175,7 @@ def use_flatten_pool(agent, cfg) -> None:
         raise SystemExit(f"error: --encoder-pool flatten needs a flat-ViT encoder (mwm, siammae), "
                          f"not {type(agent.wm.encoder).__name__}")
     agent.wm.encoder = FlattenPoolEncoder(agent.wm.encoder)
-    w = cfg.wm
-    agent.wm_opt = Optimizer("model", agent.wm.parameters(), w.lr, w.eps, w.clip, w.wd)
+    agent.wm_opt = construct(Optimizer, cfg.wm, name="model", params=agent.wm.parameters())
 
 
 # ------------------------------------------------------------------ scores
@@ -192,7 +192,7 @@ def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, objec
     action = torch.as_tensor(episode["action"]).float()[None]  # (1, T, A)
     is_first = torch.as_tensor(episode["is_first"])[None].clone()
     is_first[:, 0] = True
-    inputs = agent.wm_inputs(images).float()  # (1, T, ...)
+    inputs = agent.representation.inputs(images).float()  # (1, T, ...)
     embed = wm.encoder(inputs)  # (1, T, E)
     post, _ = wm.rssm.observe(embed, action, is_first)
     feat = wm.feature(post)  # (1, T, F)
@@ -329,9 +329,9 @@ def train_variant(name: str, flags: List[str], args, train: List, held: List, pr
                 if key not in pretrained:
                     print(f"{name}: pre-training the autoencoder, {pretrain} updates ...", flush=True)
                     agent.pretrain(replay, pretrain)
-                    pretrained[key] = {"mae": agent.mae.state_dict(), "opt": agent.mae_opt.state_dict()}
-                agent.mae.load_state_dict(pretrained[key]["mae"])
-                agent.mae_opt.load_state_dict(pretrained[key]["opt"])
+                    pretrained[key] = {"mae": agent.representation.mae.state_dict(), "opt": agent.rep_opt.state_dict()}
+                agent.representation.mae.load_state_dict(pretrained[key]["mae"])
+                agent.rep_opt.load_state_dict(pretrained[key]["opt"])
             losses, zeros = [], []
             for update in range(1, args.updates + 1):
                 if args.representation_updates:
