@@ -193,6 +193,16 @@ class SpeedConfig:
 
 
 @dataclass
+class DistConfig:
+    """Data-parallel training under torchrun (mwm/distributed.py, docs/DISTRIBUTED.md)."""
+
+    backend: str = "auto"  # auto (nccl for CUDA devices, gloo for CPU) | nccl | gloo
+    timeout: float = 600.0  # seconds a rank waits for the others (start-up, collectives)
+    world_size: int = 1  # processes in the run: set by torchrun, recorded; a resume needs the same
+    global_batch: int = 0  # main batch summed over ranks (0: the per-rank batch times world_size)
+
+
+@dataclass
 class CurlConfig:
     """CURL baseline (docs/HYPERPARAMETERS.md; agents/curl/README.md): Rainbow for discrete
     actions, SAC for continuous ones, both with the contrastive loss."""
@@ -292,6 +302,7 @@ class Config:
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)
     ac: ActorCriticConfig = field(default_factory=ActorCriticConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     curl: CurlConfig = field(default_factory=CurlConfig)
     siammae: SiamMAEConfig = field(default_factory=SiamMAEConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
