@@ -256,7 +256,8 @@ def _collective(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except RuntimeError as exc:
-        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        detail = detail.split("] ", 1)[-1].split(". ")[0][:120]  # gloo: "[file:line] Read error ...: reset by peer"
         raise UserError(f"rank {_world.rank}: another rank stopped answering ({detail}); its own output names "
                         "the cause: re-run the same command to resume from the last checkpoint") from None
 

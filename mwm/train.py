@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from mwm import cli
+from mwm import cli, distributed
 from mwm.errors import UserError
 from mwm.faults import maybe_kill
 from mwm.nonfinite import TrainingDiverged
@@ -151,7 +151,7 @@ def keep_milestone(path: str, step: int, every: int) -> None:
     the file system has them, else a copy)."""
     import os
 
-    if not every or step % every:
+    if path is None or not every or step % every:  # None: a rank other than 0 saves nothing
         return
     folder = os.path.join(os.path.dirname(path), MILESTONES)
     target = os.path.join(folder, os.path.basename(path))
@@ -171,13 +171,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = parse_args(argv)
     if args.print_config:
         return print_config(args, overrides)
-    run = prepare_run(args.env, args.agent, args.preset, overrides, resume=args.resume)
+    from mwm import config as config_lib
+
+    cfg, overrides = distributed.start(lambda extra: config_lib.build(args.env, args.agent, args.preset, extra),
+                                       overrides)  # torchrun: join the ranks; one process: as before
+    run = distributed.open_run(lambda: prepare_run(args.env, args.agent, args.preset, overrides,
+                                                   resume=args.resume), cfg)
     stop = StopFlag()
     stop.install()
     try:
         return train(run, stop)
     finally:
         run.close()
+        distributed.close()
 
 
 def train(run: RunDir, stop: StopFlag) -> int:
@@ -196,10 +202,11 @@ def train(run: RunDir, stop: StopFlag) -> int:
     # a start that fails here leaves the directory as it was.
     env = eval_env = agent = None
     try:
-        env = VectorEnv(r.env, r.envs, seed=r.seed, parallel=r.parallel, **run.env_kwargs())
-        replay = Replay(run.path / "replay", capacity=cfg.replay.capacity, seed=r.seed)
+        rank_seed = distributed.rank_seed(r.seed, r.envs)  # r.seed with one process
+        env = VectorEnv(r.env, r.envs, seed=rank_seed, parallel=r.parallel, **run.env_kwargs())
+        replay = Replay(distributed.replay_dir(run.path / "replay"), capacity=cfg.replay.capacity, seed=rank_seed)
         replay.load(image_shape=env.obs_space["image"].shape)  # episodes of another image shape: refused
-        if r.eval_every:
+        if r.eval_every and distributed.world().writer:
             eval_env = VectorEnv(r.env, 1, seed=r.seed + 10_000, parallel=False, **run.env_kwargs())
         try:
             agent = make_agent(cfg, env.obs_space, env.act_space, device)
@@ -207,9 +214,9 @@ def train(run: RunDir, stop: StopFlag) -> int:
             raise UserError(f"cannot build the {r.agent} agent from this config ({error}): change the flag "
                             "that sets it") from error
         check_model(cfg, agent, device)
-        counters = run.restore(agent)
+        counters = distributed.share_state(agent, run.restore(agent), r.seed)  # rank 0's, on every rank
         run.commit()
-        logger = Logger(run.path)
+        logger = distributed.make_logger(lambda: Logger(run.path))
     except BaseException:
         for item in (env, eval_env):
             if item is not None:
@@ -219,7 +226,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
         raise
     collector = Collector(env, replay, agent, logger, episodes=counters["episodes"])
     guard = NonFiniteGuard(r.max_nonfinite, read_every=CUDA_READ_EVERY if device.type == "cuda" else 1)
-    rng = np.random.default_rng(r.seed + counters["step"])
+    rng = distributed.action_rng(r.seed, counters["step"])
 
     should = {name: Every(every, counters["step"]) for name, every in (
         ("train", r.train_every), ("log", r.log_every), ("report", r.report_every),
@@ -249,29 +256,31 @@ def train(run: RunDir, stop: StopFlag) -> int:
         logger.scalar("speed/updates_per_s", (counters["updates"] - start_updates) / elapsed)
         logger.scalar("replay/steps", replay.num_steps)
         logger.scalar("train/nonfinite_total", guard.total)  # updates skipped for NaN / inf so far
+        distributed.reduce_logged(logger)  # over ranks (torchrun)
         logger.write(step)
         logged_step = step
 
     try:
-        while counters["step"] < r.steps and stop.signal is None:
+        while counters["step"] < r.steps and not distributed.any_rank(stop.signal is not None):
             # 1. Act: random policy during prefill, then the agent's.
             if counters["step"] < r.prefill:
                 collector.step(lambda obs: random_actions(env.act_space, env.num_envs, rng))
             else:
                 collector.step(lambda obs: collector.agent_policy(obs, mode="train"))
-            counters["step"] += env.num_envs
+            counters["step"] += distributed.agent_steps(env.num_envs)  # every rank's envs
             counters["episodes"] = collector.episodes
             maybe_kill("step", counters["step"])
 
             # 2. Learn: the one-off pre-training (one update at a time, so that a signal
             # stops it and a resume continues it), then scheduled updates.
-            if counters["step"] >= r.prefill and replay.num_episodes > 0:
+            if counters["step"] >= r.prefill and distributed.all_ranks(replay.num_episodes > 0):
                 if not counters["pretrained"]:
                     if r.pretrain:
                         print(f"\npre-training: {r.pretrain - counters['pretrain_updates']} of {r.pretrain} "
                               f"updates on {replay.num_steps} replay steps")
                         bar = Progress(total=r.pretrain, keys=("loss",), unit="updates")
-                        while counters["pretrain_updates"] < r.pretrain and stop.signal is None:
+                        while counters["pretrain_updates"] < r.pretrain and not distributed.any_rank(
+                                stop.signal is not None):
                             metrics = guard.check(agent.pretrain(replay, 1), counters["step"])
                             maybe_kill("update", counters["updates"])
                             counters["updates"] += 1
@@ -294,9 +303,9 @@ def train(run: RunDir, stop: StopFlag) -> int:
                 logger.scalar("eval/return", last_eval[1])
             if should["log"](step):
                 write_log(step)
-            if r.video_every and counters["pretrained"] and should["video"](step):
+            if r.video_every and counters["pretrained"] and should["video"](step) and distributed.world().writer:
                 log_eval_video(logger, collector, run, step)
-            if r.report_every and counters["pretrained"] and should["report"](step):
+            if r.report_every and counters["pretrained"] and should["report"](step) and distributed.world().writer:
                 log_media(logger, agent.report(replay))
                 logger.scalars(agent.diagnostics(collector.eval_episodes, replay))
                 logger.write(step)

@@ -116,7 +116,28 @@ def scenario_split(rank: int, size: int, tmp: Path, agent_name: str = "mwm", per
             "metrics": {k: torch.as_tensor(v).detach().clone() for k, v in metrics.items()}}
 
 
-SCENARIOS = {"identical": scenario_identical, "split": scenario_split}
+def scenario_startup(rank: int, size: int, tmp: Path) -> dict:
+    """The start-up agreements: an error on rank 1 alone, then configs that differ on rank 1."""
+    from mwm import config, distributed
+    from mwm.errors import UserError
+
+    out = {}
+    for name, call in (
+            ("agree", lambda: distributed.agree(UserError("cannot open the env") if rank == 1 else None)),
+            ("config", lambda: distributed.check_same_config(
+                config.build("toy_catch", "mwm", "tiny", [f"replay.batch={4 + rank}"]))),
+            ("same", lambda: distributed.check_same_config(config.build("toy_catch", "mwm", "tiny")))):
+        try:
+            call()
+            out[name] = "ok"
+        except UserError as exc:
+            out[name] = f"UserError: {exc}"
+        except distributed.PeerFailed as exc:
+            out[name] = f"PeerFailed {exc.code}"
+    return out
+
+
+SCENARIOS = {"identical": scenario_identical, "split": scenario_split, "startup": scenario_startup}
 
 
 def run_rank(rank: int, size: int, port: int, out: str, scenario: str, kwargs: dict) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from helpers_runs import ROOT, child_env, one_error_line, run_train
 from helpers_distributed import AGENTS, deterministic_sampling, scenario_split, spawn
 from mwm import distributed
 from mwm.errors import UserError
@@ -53,6 +58,78 @@ def test_two_ranks_of_batch_b_update_like_one_process_of_batch_2b(tmp_path, monk
         assert _close(ranks[0]["buffers"][name], value), name
     if overrides:
         assert not _close(half["buffers"]["token_norm.mean"], whole["buffers"]["token_norm.mean"])
+
+
+def test_start_up_errors_stop_every_rank_with_one_line(tmp_path):
+    """An error met on one rank stops all: that rank raises its own, rank 0 names it in one line, the rest
+    exit 2 quietly. Ranks started with different settings are refused, naming the key."""
+    zero, one = spawn("startup", tmp_path)
+    assert zero["agree"] == "UserError: rank 1: cannot open the env" and one["agree"] == "UserError: cannot open the env"
+    assert zero["config"].startswith("UserError: rank 1 was started with replay.batch=5, rank 0 with 4")
+    assert one["config"] == "PeerFailed 2"
+    assert zero["same"] == one["same"] == "ok"
+
+
+def test_a_rank_that_never_joins_is_one_line_after_the_timeout(monkeypatch):
+    import time
+
+    from helpers_distributed import free_port
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    start = time.time()
+    with pytest.raises(UserError, match="could not join the 2-process group .* within 2 s"):
+        distributed.init(distributed.World(0, 2, 0), "gloo", timeout=2)
+    assert time.time() - start < 30 and not distributed.world().active
+
+
+# ----------------------------------------------------------------------------- torchrun, end to end
+
+TORCHRUN_RUN = ["--env", "toy_catch", "--preset", "tiny", "--run.prefill", "40", "--run.pretrain", "2",
+                "--run.train_every", "10", "--run.log_every", "20", "--run.checkpoint_every", "40",
+                "--run.parallel", "false", "--env.time_limit", "8", "--run.report_every", "0"]
+
+
+def torchrun(logdir, steps: int, ranks: int = 2, **env) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+           "-m", "mwm.train", "--logdir", str(logdir), "--steps", str(steps), *TORCHRUN_RUN]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=child_env(**env), timeout=150)
+
+
+def shard_steps(logdir) -> dict:
+    """rank -> {episode file: steps}, from the names ``<time>-<index>-<length>.npz``."""
+    return {k: {p.name: int(p.stem.rsplit("-", 1)[1]) for p in (logdir / "replay" / f"rank{k}").glob("*.npz")}
+            for k in (0, 1)}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_two_rank_run_killed_then_resumed_continues_with_both_replay_shards(tmp_path):
+    logdir = tmp_path / "run"
+    killed = torchrun(logdir, 120, MWM_KILL_AT="step:70", MWM_KILL_RANK="1")
+    assert killed.returncode != 0 and "SIGKILL at step:70" in killed.stderr, killed.stderr[-3000:]
+    assert sorted(p.name for p in (logdir / "checkpoints").glob("*.pt")) == ["checkpoint-40.pt"]
+    before = shard_steps(logdir)
+    assert before[0] and before[1] and not list((logdir / "replay").glob("*.npz"))
+
+    resumed = torchrun(logdir, 120)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "at step 40" in resumed.stdout
+    assert "done: 120 agent steps" in resumed.stdout and resumed.stdout.count("done:") == 1  # rank 0 speaks
+    assert (logdir / "checkpoints" / "checkpoint-120.pt").exists()
+    after = shard_steps(logdir)
+    for k in (0, 1):  # each rank kept its shard and added to it
+        assert before[k].items() <= after[k].items() and len(after[k]) > len(before[k]), k
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    first = [row for row in rows if row["step"] == 60][-1]  # the resumed run's first log (20 new steps)
+    # replay/steps sums the ranks' replays: both shards were loaded back
+    assert first["replay/steps"] >= sum(sum(s.values()) for s in before.values()), first
+    assert sorted(p.name for p in logdir.iterdir() if not p.name.startswith("events.")) == [
+        ".lock", "checkpoints", "config.yaml", "metrics.jsonl", "replay"]
+
+    single = run_train(logdir, "--steps", "160", *TORCHRUN_RUN)  # one process cannot take over 2 ranks' run
+    assert single.returncode == 2
+    one_error_line(single.stderr, ["dist.world_size=2, not 1"])
 
 
 # ----------------------------------------------------------------------------- one process, no group
