@@ -39,7 +39,7 @@ def toy_episode(steps: int, seed: int) -> dict:
     }
 
 
-def make(agent_name: str, overrides=()):
+def make(agent_name: str, overrides=(), device: str = "cpu"):
     import gymnasium as gym
 
     from agents.registry import make_agent
@@ -47,7 +47,7 @@ def make(agent_name: str, overrides=()):
 
     cfg = config.build("toy_catch", agent_name, "tiny", list(overrides))
     obs_space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, OBS_SHAPE, np.uint8)})
-    return make_agent(cfg, obs_space, gym.spaces.Discrete(ACTIONS), torch.device("cpu"))
+    return make_agent(cfg, obs_space, gym.spaces.Discrete(ACTIONS), torch.device(device))
 
 
 def deterministic_sampling() -> None:
@@ -73,8 +73,9 @@ def split_update(agent, batch: dict) -> dict:
     return metrics
 
 
-def scenario_identical(rank: int, size: int, tmp: Path) -> dict:
-    """Every agent: K updates, each rank on its own replay shard; the parameters afterwards."""
+def scenario_identical(rank: int, size: int, tmp: Path, cuda: bool = False) -> dict:
+    """Every agent: K updates, each rank on its own replay shard; the parameters afterwards. With ``cuda``
+    rank k runs on cuda:k with the config's speed block (fused Adam, CUDA graphs, bf16)."""
     from mwm import distributed
     from mwm.runtime import seed_everything
     from replay import Replay
@@ -82,7 +83,7 @@ def scenario_identical(rank: int, size: int, tmp: Path) -> dict:
     out = {}
     for name in AGENTS:
         seed_everything(0)
-        agent = make(name)
+        agent = make(name, device=f"cuda:{rank}" if cuda else "cpu")
         distributed.share_state(agent, {"step": 0}, seed=0)  # rank 0's weights; generators apart
         replay = Replay(str(tmp / name / f"rank{rank}"), capacity=1000, seed=rank)
         for i in range(3):
@@ -94,8 +95,8 @@ def scenario_identical(rank: int, size: int, tmp: Path) -> dict:
             losses.append(float(metrics.get("model/loss", metrics.get("rainbow/loss", torch.tensor(0.0)))))
         if hasattr(agent, "close"):
             agent.close()
-        out[name] = {"params": [p.detach().clone() for p in agent.parameters()], "first": first,
-                     "state": {k: v for k, v in agent.state_dict().items()} if name == "curl" else None,
+        out[name] = {"params": [p.detach().cpu().clone() for p in agent.parameters()],
+                     "first": [p.cpu() for p in first],
                      "losses": losses}
     return out
 
@@ -140,13 +141,15 @@ def scenario_startup(rank: int, size: int, tmp: Path) -> dict:
 SCENARIOS = {"identical": scenario_identical, "split": scenario_split, "startup": scenario_startup}
 
 
-def run_rank(rank: int, size: int, port: int, out: str, scenario: str, kwargs: dict) -> None:
+def run_rank(rank: int, size: int, port: int, out: str, scenario: str, kwargs: dict, backend: str) -> None:
     """torch.multiprocessing.spawn target: join the gloo group, run ``scenario``, save what it returns."""
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from mwm import distributed
 
-    distributed.init(distributed.World(rank, size, rank), "gloo", timeout=120)
+    if backend != "gloo":
+        torch.cuda.set_device(rank)
+    distributed.init(distributed.World(rank, size, rank), backend, timeout=120)
     try:
         result = SCENARIOS[scenario](rank, size, Path(out), **kwargs)
         torch.save(result, Path(out) / f"rank{rank}.pt")
@@ -154,9 +157,9 @@ def run_rank(rank: int, size: int, port: int, out: str, scenario: str, kwargs: d
         distributed.close()
 
 
-def spawn(scenario: str, out: Path, size: int = 2, **kwargs) -> list:
+def spawn(scenario: str, out: Path, size: int = 2, backend: str = "gloo", **kwargs) -> list:
     """Run ``scenario`` on ``size`` gloo ranks; each rank's result, in rank order."""
     import torch.multiprocessing as mp
 
-    mp.spawn(run_rank, args=(size, free_port(), str(out), scenario, kwargs), nprocs=size, join=True)
+    mp.spawn(run_rank, args=(size, free_port(), str(out), scenario, kwargs, backend), nprocs=size, join=True)
     return [torch.load(out / f"rank{k}.pt", weights_only=False) for k in range(size)]

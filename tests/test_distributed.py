@@ -27,6 +27,15 @@ def test_every_agent_keeps_bitwise_identical_parameters_over_ranks(tmp_path):
         assert zero["losses"] == one["losses"], name  # the loss each optimiser reports is the ranks' mean
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_nccl_ranks_with_cuda_graphs_keep_identical_parameters(tmp_path):
+    """The GPU path: NCCL, fused Adam and the all-reduce captured in CUDA graphs (the config's speed block)."""
+    ranks = spawn("identical", tmp_path, backend="cpu:gloo,cuda:nccl", cuda=True)
+    for name in AGENTS:
+        assert all(torch.equal(a, b) for a, b in zip(ranks[0][name]["params"], ranks[1][name]["params"])), name
+        assert any(not torch.equal(a, b) for a, b in zip(ranks[0][name]["first"], ranks[0][name]["params"])), name
+
+
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
