@@ -219,6 +219,11 @@ def init(w: World, backend: str = "gloo", timeout: float = 600.0) -> None:
     _world = w
 
 
+# Seconds a quiet rank lingers before exiting, so that torchrun (which stops every rank once one has
+# exited) does not cut rank 0 off before it has printed the error line.
+QUIET_EXIT_DELAY_S = 2.0
+
+
 class PeerFailed(SystemExit):
     """Exit status 2 without a message: another rank met the error and rank 0 reports it."""
 
@@ -226,11 +231,20 @@ class PeerFailed(SystemExit):
         super().__init__(2)
 
 
+def _quiet_exit() -> PeerFailed:
+    import time
+
+    time.sleep(QUIET_EXIT_DELAY_S)
+    return PeerFailed()
+
+
 def agree(error: Optional[BaseException]) -> None:
     """Every rank calls this at the same point with the error it met there (None: none).
 
-    If any rank met one, every rank stops: a rank re-raises its own error; rank 0 raises
-    the first rank's as a :class:`UserError` naming that rank; the others exit 2 quietly.
+    If any rank met one, every rank stops with exit status 2 and one line in all: rank 0
+    raises the first failing rank's error (as a :class:`UserError` naming that rank when
+    it is not rank 0's own); the other ranks exit quietly (:class:`PeerFailed`), except
+    that an error which is not a :class:`UserError` (a bug) keeps its traceback.
     """
     if not _world.active:
         if error is not None:
@@ -240,15 +254,17 @@ def agree(error: Optional[BaseException]) -> None:
                                           else f"{type(error).__name__}: {error}")
     messages: List[Optional[str]] = [None] * _world.size
     _collective(lambda: torch.distributed.all_gather_object(messages, message))
-    if error is not None:
-        raise error
     failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
     if not failed:
         return
-    if _world.writer:
-        rank, text = failed[0]
-        raise UserError(f"rank {rank}: {text}")
-    raise PeerFailed()
+    if error is not None and not isinstance(error, UserError):
+        raise error
+    if not _world.writer:
+        raise _quiet_exit()
+    if error is not None:
+        raise error
+    rank, text = failed[0]
+    raise UserError(f"rank {rank}: {text}")
 
 
 def _collective(fn: Callable[[], Any]) -> Any:
@@ -288,7 +304,7 @@ def check_same_config(cfg) -> None:
             if _world.writer:
                 raise UserError(f"rank {rank} was started with {key}={other.get(key)!r}, rank 0 with "
                                 f"{configs[0].get(key)!r}: {TORCHRUN_HINT}")
-            raise PeerFailed()
+            raise _quiet_exit()
 
 
 def open_run(prepare: Callable[[], Any], cfg) -> Any:

@@ -122,6 +122,7 @@ def scenario_startup(rank: int, size: int, tmp: Path) -> dict:
     from mwm import config, distributed
     from mwm.errors import UserError
 
+    distributed.QUIET_EXIT_DELAY_S = 0.0
     out = {}
     for name, call in (
             ("agree", lambda: distributed.agree(UserError("cannot open the env") if rank == 1 else None)),

@@ -73,10 +73,21 @@ def test_start_up_errors_stop_every_rank_with_one_line(tmp_path):
     """An error met on one rank stops all: that rank raises its own, rank 0 names it in one line, the rest
     exit 2 quietly. Ranks started with different settings are refused, naming the key."""
     zero, one = spawn("startup", tmp_path)
-    assert zero["agree"] == "UserError: rank 1: cannot open the env" and one["agree"] == "UserError: cannot open the env"
+    assert zero["agree"] == "UserError: rank 1: cannot open the env" and one["agree"] == "PeerFailed 2"
     assert zero["config"].startswith("UserError: rank 1 was started with replay.batch=5, rank 0 with 4")
     assert one["config"] == "PeerFailed 2"
     assert zero["same"] == one["same"] == "ok"
+
+
+def test_torchrun_start_up_error_is_one_line_from_rank_0(tmp_path):
+    """Under torchrun a refused start (here NCCL asked for on CPU) prints one error line for both ranks, every
+    rank exits 2 (torchrun then exits 1 with its own summary) and the logdir is not created."""
+    logdir = tmp_path / "run"
+    done = torchrun(logdir, 100, extra=("--device", "cpu", "--dist.backend", "nccl"))
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: dist.backend nccl needs CUDA devices, but this run's device is cpu: use "
+                      "--dist.backend gloo (or auto) for CPU processes"], done.stderr[-3000:]
+    assert done.returncode == 1 and "exitcode  : 2" in done.stderr and not logdir.exists()
 
 
 def test_a_rank_that_never_joins_is_one_line_after_the_timeout(monkeypatch):
@@ -99,9 +110,9 @@ TORCHRUN_RUN = ["--env", "toy_catch", "--preset", "tiny", "--run.prefill", "40",
                 "--run.parallel", "false", "--env.time_limit", "8", "--run.report_every", "0"]
 
 
-def torchrun(logdir, steps: int, ranks: int = 2, **env) -> subprocess.CompletedProcess:
+def torchrun(logdir, steps: int, ranks: int = 2, extra=(), **env) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
-           "-m", "mwm.train", "--logdir", str(logdir), "--steps", str(steps), *TORCHRUN_RUN]
+           "-m", "mwm.train", "--logdir", str(logdir), "--steps", str(steps), *TORCHRUN_RUN, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=child_env(**env), timeout=150)
 
 
