@@ -31,6 +31,7 @@ waited for at most ``dist.timeout`` seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -199,9 +200,20 @@ def start(build: Callable[[Sequence[str]], Any], overrides: Sequence[str]):
     init(w, backend, timeout)
     if not w.writer:  # one console: rank 0's (the others' warnings and errors still reach stderr)
         sys.stdout = open(os.devnull, "w")
-    agree(error)
-    check_same_config(cfg)
+    with _closed_on_error():
+        agree(error)
+        check_same_config(cfg)
     return cfg, list(overrides)
+
+
+@contextlib.contextmanager
+def _closed_on_error():
+    """Leave the process group when the block raises (a process exiting inside one may abort)."""
+    try:
+        yield
+    except BaseException:
+        close()
+        raise
 
 
 def init(w: World, backend: str = "gloo", timeout: float = 600.0) -> None:
@@ -318,7 +330,8 @@ def open_run(prepare: Callable[[], Any], cfg) -> Any:
             run = prepare()
         except UserError as exc:
             error = exc
-    agree(error)
+    with _closed_on_error():
+        agree(error)
     where = [str(run.path)] if run is not None else [None]
     _collective(lambda: torch.distributed.broadcast_object_list(where, src=0))  # the default logdir too
     if run is None:
