@@ -220,7 +220,8 @@ def _clean_interrupted_writes(path: Path) -> None:
     """Remove the temp files of writes a crash interrupted (safe: this process holds the lock)."""
     from mwm.atomic import remove_stale_temp_files
 
-    for folder in (path, path / "checkpoints", path / "replay"):
+    shards = sorted(p for p in (path / "replay").glob("rank*") if p.is_dir())  # torchrun: replay/rank<k>/
+    for folder in (path, path / "checkpoints", path / "replay", *shards):
         removed = remove_stale_temp_files(str(folder))
         if removed:
             print(f"removed {len(removed)} unfinished temp file(s) left in {folder} by an interrupted run: "

@@ -126,15 +126,19 @@ def shard_steps(logdir) -> dict:
 @pytest.mark.timeout(240)
 def test_two_rank_run_killed_then_resumed_continues_with_both_replay_shards(tmp_path):
     logdir = tmp_path / "run"
-    killed = torchrun(logdir, 120, MWM_KILL_AT="step:70", MWM_KILL_RANK="1")
-    assert killed.returncode != 0 and "SIGKILL at step:70" in killed.stderr, killed.stderr[-3000:]
+    # rank 1 dies inside the atomic write of its 4th episode (about step 72): a temp file is left in its shard
+    killed = torchrun(logdir, 120, MWM_KILL_AT="write:*-3-*.npz", MWM_KILL_RANK="1")
+    assert killed.returncode != 0 and "SIGKILL at write:" in killed.stderr, killed.stderr[-3000:]
     assert sorted(p.name for p in (logdir / "checkpoints").glob("*.pt")) == ["checkpoint-40.pt"]
+    assert [p for p in (logdir / "replay" / "rank1").iterdir() if p.name.startswith(".")]
     before = shard_steps(logdir)
     assert before[0] and before[1] and not list((logdir / "replay").glob("*.npz"))
 
     resumed = torchrun(logdir, 120)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout and "at step 40" in resumed.stdout
+    assert "removed 1 unfinished temp file(s) left in" in resumed.stderr
+    assert not [p for p in (logdir / "replay" / "rank1").iterdir() if p.name.startswith(".")]
     assert "done: 120 agent steps" in resumed.stdout and resumed.stdout.count("done:") == 1  # rank 0 speaks
     assert (logdir / "checkpoints" / "checkpoint-120.pt").exists()
     after = shard_steps(logdir)
