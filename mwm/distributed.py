@@ -46,7 +46,7 @@ from mwm.errors import UserError
 
 BACKENDS = ("auto", "gloo", "nccl")
 # Logged scalars that add up over ranks (the others are averaged over the ranks that logged them).
-SUMMED = ("replay/steps", "train/episodes")
+SUMMED = ("replay/steps",)
 TORCHRUN_HINT = "start every rank with the same torchrun command (docs/DISTRIBUTED.md)"
 
 

@@ -136,6 +136,15 @@ def scenario_startup(rank: int, size: int, tmp: Path) -> dict:
             out[name] = f"UserError: {exc}"
         except distributed.PeerFailed as exc:
             out[name] = f"PeerFailed {exc.code}"
+    # the logged scalars: each rank's mean, then the mean over the ranks that logged it (replay/steps: the sum)
+    logger = distributed.make_logger(lambda: distributed.QuietLogger())  # rank 0 would make the real one
+    logger.scalars({"loss": torch.tensor(float(rank)), "replay/steps": 10 * (rank + 1)})
+    logger.scalar("loss", 2.0 * rank)
+    if rank == 1:
+        logger.scalar("train/return", 7.0)
+    distributed.reduce_logged(logger)
+    out["logged"] = {name: values for name, values in logger._scalars.items()}
+    out["flags"] = (distributed.any_rank(rank == 1), distributed.all_ranks(rank == 1), distributed.all_ranks(True))
     return out
 
 

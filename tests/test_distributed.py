@@ -69,14 +69,18 @@ def test_two_ranks_of_batch_b_update_like_one_process_of_batch_2b(tmp_path, monk
         assert not _close(half["buffers"]["token_norm.mean"], whole["buffers"]["token_norm.mean"])
 
 
-def test_start_up_errors_stop_every_rank_with_one_line(tmp_path):
-    """An error met on one rank stops all: that rank raises its own, rank 0 names it in one line, the rest
-    exit 2 quietly. Ranks started with different settings are refused, naming the key."""
+def test_start_up_agreement_flags_and_logged_scalars_over_ranks(tmp_path):
+    """An error met on one rank stops all: rank 0 names it in one line, the others exit 2 quietly. Ranks
+    started with different settings are refused, naming the key. Stop / start flags agree over ranks;
+    logged scalars are reduced over ranks before rank 0 writes them."""
     zero, one = spawn("startup", tmp_path)
     assert zero["agree"] == "UserError: rank 1: cannot open the env" and one["agree"] == "PeerFailed 2"
     assert zero["config"].startswith("UserError: rank 1 was started with replay.batch=5, rank 0 with 4")
     assert one["config"] == "PeerFailed 2"
     assert zero["same"] == one["same"] == "ok"
+    # rank 0: loss (0 + 0) / 2 = 0, rank 1: (1 + 2) / 2 = 1.5 -> 0.75; replay steps 10 + 20; a return rank 1 alone had
+    assert zero["logged"] == one["logged"] == {"loss": [0.75], "replay/steps": [30.0], "train/return": [7.0]}
+    assert zero["flags"] == one["flags"] == (True, False, True)
 
 
 def test_torchrun_start_up_error_is_one_line_from_rank_0(tmp_path):
