@@ -148,7 +148,24 @@ def scenario_startup(rank: int, size: int, tmp: Path) -> dict:
     return out
 
 
-SCENARIOS = {"identical": scenario_identical, "split": scenario_split, "startup": scenario_startup}
+def scenario_nonfinite(rank: int, size: int, tmp: Path) -> dict:
+    """Rank 1's world-model batch holds a NaN reward: every rank must skip that world-model update."""
+    from mwm.runtime import seed_everything
+
+    deterministic_sampling()
+    seed_everything(0)
+    agent = make("dreamerv2")
+    batch = fixed_batch(2 * size, 8)
+    part = {key: value[rank * 2:(rank + 1) * 2].clone() for key, value in batch.items()}
+    if rank == 1:
+        part["reward"][0, 3] = float("nan")
+    before = {k: v.detach().clone() for k, v in agent.named_parameters()}
+    metrics = split_update(agent, part)
+    return {"before": before, "after": {k: v.detach().clone() for k, v in agent.named_parameters()},
+            "model_nonfinite": int(agent.wm_opt.nonfinite_in_row), "model_loss": float(metrics["model/loss"])}
+
+
+SCENARIOS = {"nonfinite": scenario_nonfinite, "identical": scenario_identical, "split": scenario_split, "startup": scenario_startup}
 
 
 def run_rank(rank: int, size: int, port: int, out: str, scenario: str, kwargs: dict, backend: str) -> None:

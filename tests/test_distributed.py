@@ -27,6 +27,17 @@ def test_every_agent_keeps_bitwise_identical_parameters_over_ranks(tmp_path):
         assert zero["losses"] == one["losses"], name  # the loss each optimiser reports is the ranks' mean
 
 
+def test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank(tmp_path):
+    """A NaN in rank 1's batch makes the averaged gradient non-finite: both ranks skip the world-model update
+    (weights as they were, streak 1) and still take the same actor-critic update."""
+    zero, one = spawn("nonfinite", tmp_path)
+    for rank in (zero, one):
+        assert rank["model_nonfinite"] == 1 and rank["model_loss"] != rank["model_loss"]  # NaN on both ranks
+        assert all(torch.equal(rank["before"][k], rank["after"][k]) for k in rank["before"] if k.startswith("wm."))
+    assert all(torch.equal(zero["after"][k], one["after"][k]) for k in zero["after"])
+    assert any(not torch.equal(zero["before"][k], zero["after"][k]) for k in zero["after"] if k.startswith("ac.actor"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_nccl_ranks_with_cuda_graphs_keep_identical_parameters(tmp_path):
     """The GPU path: NCCL, fused Adam and the all-reduce captured in CUDA graphs (the config's speed block)."""
