@@ -168,6 +168,23 @@ def resolve_overrides(cfg, overrides: Sequence[str], w: Optional[World] = None) 
     return out
 
 
+def parse(parse_args: Callable[[], Any]) -> Any:
+    """``parse_args()``; under torchrun a command-line error (the same on every rank) is said once, by rank 0:
+    the ranks join a gloo group just to agree on it, and every rank exits 2."""
+    w = from_environment()
+    if not w.active:
+        return parse_args()
+    try:
+        return parse_args()
+    except UserError as exc:
+        init(w, "gloo", 600.0)
+        if not w.writer:
+            sys.stdout = open(os.devnull, "w")
+        with _closed_on_error():
+            agree(exc)
+        raise  # not reached: agree raised
+
+
 def start(build: Callable[[Sequence[str]], Any], overrides: Sequence[str]):
     """Join the process group torchrun set up and build the run's config on every rank.
 

@@ -168,7 +168,7 @@ def keep_milestone(path: str, step: int, every: int) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args, overrides = parse_args(argv)
+    args, overrides = distributed.parse(lambda: parse_args(argv))  # torchrun: a bad flag said once
     if args.print_config:
         return print_config(args, overrides)
     from mwm import config as config_lib

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from helpers_runs import ROOT, child_env, one_error_line, run_train
+from helpers_runs import ROOT, child_env, one_error_line, override, run_train
 from helpers_distributed import AGENTS, deterministic_sampling, scenario_split, spawn
 from mwm import distributed
 from mwm.errors import UserError
@@ -103,6 +103,9 @@ def test_torchrun_start_up_error_is_one_line_from_rank_0(tmp_path):
     assert errors == ["error: dist.backend nccl needs CUDA devices, but this run's device is cpu: use "
                       "--dist.backend gloo (or auto) for CPU processes"], done.stderr[-3000:]
     assert done.returncode == 1 and "exitcode  : 2" in done.stderr and not logdir.exists()
+    done = torchrun(logdir, 100, extra=("--steps", "5"))  # a command-line error: said once too
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--steps is given 2 times" in errors[0], done.stderr[-3000:]
 
 
 def test_a_rank_that_never_joins_is_one_line_after_the_timeout(monkeypatch):
@@ -169,6 +172,34 @@ def test_two_rank_run_killed_then_resumed_continues_with_both_replay_shards(tmp_
     single = run_train(logdir, "--steps", "160", *TORCHRUN_RUN)  # one process cannot take over 2 ranks' run
     assert single.returncode == 2
     one_error_line(single.stderr, ["dist.world_size=2, not 1"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ctrl_c_to_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path):
+    """torchrun forwards SIGINT to every rank; they agree on the step to stop at, rank 0 writes its checkpoint."""
+    import re
+    import signal
+    import time
+
+    logdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mwm.train",
+           "--logdir", str(logdir), "--steps", "100000", *override(TORCHRUN_RUN, "--run.checkpoint_every", "100000")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env())
+    lines = []
+    for line in proc.stdout:  # rank 0's console
+        lines.append(line)
+        if line.startswith("step 60 |"):
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    stdout = "".join(lines) + out
+    done = re.search(r"done: (\d+) agent steps.*stopped by SIGINT", stdout)
+    assert done, stdout[-2000:] + err[-3000:]
+    step = int(done.group(1))
+    assert [p.name for p in (logdir / "checkpoints").glob("*.pt")] == [f"checkpoint-{step}.pt"] and step > 60
+    assert "Traceback" not in err.split("SignalException")[0].split("Received")[0]  # the ranks stopped cleanly
 
 
 # ----------------------------------------------------------------------------- one process, no group
