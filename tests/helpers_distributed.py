@@ -165,7 +165,8 @@ def scenario_nonfinite(rank: int, size: int, tmp: Path) -> dict:
             "model_nonfinite": int(agent.wm_opt.nonfinite_in_row), "model_loss": float(metrics["model/loss"])}
 
 
-SCENARIOS = {"nonfinite": scenario_nonfinite, "identical": scenario_identical, "split": scenario_split, "startup": scenario_startup}
+SCENARIOS = {"nonfinite": scenario_nonfinite, "identical": scenario_identical, "split": scenario_split,
+             "startup": scenario_startup}
 
 
 def run_rank(rank: int, size: int, port: int, out: str, scenario: str, kwargs: dict, backend: str) -> None:
