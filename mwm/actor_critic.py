@@ -27,6 +27,7 @@ import copy
 import torch
 from torch import nn
 
+from mwm import distributed
 from mwm.heads import ActorHead, MSEHead
 from mwm.losses.behavior import (actor_entropy_loss, critic_loss, dynamics_actor_loss, lambda_returns,
                                  reinforce_actor_loss)
@@ -112,7 +113,7 @@ class ActorCritic(nn.Module):
         """max(1, EMA of the 5-95 percentile spread); updates the EMA. 1 when normalisation is off."""
         if not self.return_norm:
             return torch.ones((), dtype=returns.dtype, device=returns.device)
-        flat = returns.detach().flatten().float()
+        flat = distributed.gather(returns.detach().flatten().float())  # every rank's returns (torchrun)
         low, high = (torch.quantile(flat, q) for q in RETURN_PERCENTILES)  # float q: no host sync
         self.return_spread.mul_(RETURN_NORM_DECAY).add_((1.0 - RETURN_NORM_DECAY) * (high - low))
         return self.return_spread.clamp_min(1.0)

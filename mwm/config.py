@@ -29,6 +29,7 @@ from envs import SUITES as ENV_SUITES
 from envs import suite_of as env_suite_of
 from mwm.actor_critic import ACTOR_GRADS
 from mwm.errors import UserError
+from mwm.distributed import BACKENDS
 from mwm.heads import ACTIVATIONS, TRANSFORMS
 from mwm.losses.representation import LOSS_ON
 from mwm.masking import MASKING_KINDS
@@ -209,6 +210,16 @@ class SpeedConfig:
 
 
 @dataclass
+class DistConfig:
+    """Data-parallel training under torchrun (mwm/distributed.py, docs/DISTRIBUTED.md)."""
+
+    backend: str = choice(BACKENDS)  # auto (nccl for CUDA devices, gloo for CPU) | gloo | nccl
+    timeout: float = MISSING  # seconds a rank waits for the others (start-up, collectives)
+    world_size: int = MISSING  # processes in the run: set by torchrun, recorded; a resume needs the same
+    global_batch: int = MISSING  # main batch summed over ranks (0: the per-rank batch times world_size)
+
+
+@dataclass
 class CurlConfig:
     """CURL baseline (docs/HYPERPARAMETERS.md; agents/curl/README.md): Rainbow for discrete
     actions, SAC for continuous ones, both with the contrastive loss."""
@@ -308,6 +319,7 @@ class Config:
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)
     ac: ActorCriticConfig = field(default_factory=ActorCriticConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     curl: CurlConfig = field(default_factory=CurlConfig)
     siammae: SiamMAEConfig = field(default_factory=SiamMAEConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)

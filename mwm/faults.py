@@ -10,7 +10,8 @@ a ``tag`` matching the shell-style ``pattern``. The points are:
 
 e.g. ``MWM_KILL_AT=step:25``, ``MWM_KILL_AT=update:4``,
 ``MWM_KILL_AT='write:checkpoint-*.pt'``, ``MWM_KILL_AT='write:*-3-*.npz'``. Unset (the
-normal case) it costs one dictionary lookup. This module is a leaf (standard library
+normal case) it costs one dictionary lookup. Under torchrun every rank reads it;
+``MWM_KILL_RANK=k`` limits it to rank k. This module is a leaf (standard library
 only) so that ``mwm.atomic`` may call it.
 """
 
@@ -20,6 +21,7 @@ import signal
 import sys
 
 ENV_VAR = "MWM_KILL_AT"
+RANK_VAR = "MWM_KILL_RANK"
 
 
 def maybe_kill(point: str, tag: object) -> None:
@@ -27,6 +29,8 @@ def maybe_kill(point: str, tag: object) -> None:
     spec = os.environ.get(ENV_VAR)
     if not spec:
         return
+    if os.environ.get(RANK_VAR, os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
+        return  # under torchrun, MWM_KILL_RANK=k kills rank k alone
     wanted, _, pattern = spec.partition(":")
     if wanted == point and fnmatch.fnmatchcase(str(tag), pattern):
         print(f"fault injection: SIGKILL at {point}:{tag}", file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from mwm import distributed
 
 # Adam param-group keys that describe how an update is computed, not training state; they
 # come from the config, not the checkpoint (so optimiser settings may change on resume).
@@ -138,6 +139,7 @@ class Optimizer:
         if not self.capturable:
             self.schedule()
         with_grad = self._compute_grads(loss, retain_graph)
+        loss = distributed.average_gradients(with_grad, loss)  # over ranks (torchrun); one process: as is
         if with_grad:
             max_norm = self.clip if self.clip > 0 else float("inf")
             norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm, foreach=True)

@@ -42,6 +42,7 @@ RESUMABLE_KEYS = (
     "run.max_nonfinite", "replay.prefetch", "speed.precision", "speed.fused_optim", "speed.pin_memory", "speed.cuda_graph", "speed.compile",
     "speed.compile_backend", "speed.replay_on_device",
     "run.keep_checkpoints", "run.milestone_every", "run.video_every",
+    "dist.backend", "dist.timeout",
 )
 # Optimiser settings may change on resume too (the advice after a divergence is to lower
 # the learning rates): every section's lr, eps, clip, wd, warmup and CURL's *_lr / *_beta.
@@ -177,8 +178,9 @@ def _check_layout(path: Path) -> None:
     def ignorable(item: Path) -> bool:
         if item.name == LOCK_NAME or is_temp_name(item.name):
             return True
-        return item.name in _RUN_FOLDERS and item.is_dir() and not any(
-            not is_temp_name(child.name) for child in item.iterdir())
+        return item.name in _RUN_FOLDERS and item.is_dir() and not any(  # empty replay/rank<k>/ shards too
+            not is_temp_name(child.name) and not (child.is_dir() and not any(child.iterdir()))
+            for child in item.iterdir())
 
     others = sorted(item.name for item in path.iterdir() if not ignorable(item))
     if not others:
@@ -218,7 +220,8 @@ def _clean_interrupted_writes(path: Path) -> None:
     """Remove the temp files of writes a crash interrupted (safe: this process holds the lock)."""
     from mwm.atomic import remove_stale_temp_files
 
-    for folder in (path, path / "checkpoints", path / "replay"):
+    shards = sorted(p for p in (path / "replay").glob("rank*") if p.is_dir())  # torchrun: replay/rank<k>/
+    for folder in (path, path / "checkpoints", path / "replay", *shards):
         removed = remove_stale_temp_files(str(folder))
         if removed:
             print(f"removed {len(removed)} unfinished temp file(s) left in {folder} by an interrupted run: "

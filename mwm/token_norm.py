@@ -28,6 +28,8 @@ describes an autoencoder that has barely started to train.
 import torch
 from torch import nn
 
+from mwm import distributed
+
 EPS = 1e-8  # keeps the scale finite before any variance is seen
 
 
@@ -51,8 +53,7 @@ class TokenStandardizer(nn.Module):
     def update(self, tokens: torch.Tensor) -> None:
         """Fold a batch of tokens (..., L, D) into the statistics, on the device, no host sync."""
         flat = tokens.detach().float().reshape(-1, *self.mean.shape)  # (N, L, D)
-        mean = flat.mean(0)  # (L, D)
-        var = flat.var(0, unbiased=False)  # (L, D)
+        mean, var = distributed.batch_moments(flat)  # (L, D) each; over every rank's batch (torchrun)
         # weight of the new batch: 1 on the first update, 1 - decay afterwards
         new = torch.where(self.count > 0, 1.0 - self.decay, 1.0)
         delta = mean - self.mean

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mwm import cli
+from mwm import cli, distributed
 from mwm.errors import UserError
 from mwm.faults import maybe_kill
 from mwm.nonfinite import TrainingDiverged
@@ -157,7 +157,7 @@ def keep_milestone(path: str, step: int, every: int) -> None:
     the file system has them, else a copy)."""
     import os
 
-    if not every or step % every:
+    if path is None or not every or step % every:  # None: a rank other than 0 saves nothing
         return
     folder = os.path.join(os.path.dirname(path), MILESTONES)
     target = os.path.join(folder, os.path.basename(path))
@@ -174,16 +174,22 @@ def keep_milestone(path: str, step: int, every: int) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args, overrides = parse_args(argv)
+    args, overrides = distributed.parse(lambda: parse_args(argv))  # torchrun: a bad flag said once
     if args.print_config:
         return print_config(args, overrides)
-    run = prepare_run(args.env, args.agent, args.preset, overrides, resume=args.resume)
+    from mwm import config as config_lib
+
+    cfg, overrides = distributed.start(lambda extra: config_lib.build(args.env, args.agent, args.preset, extra),
+                                       overrides)  # torchrun: join the ranks; one process: as before
+    run = distributed.open_run(lambda: prepare_run(args.env, args.agent, args.preset, overrides,
+                                                   resume=args.resume), cfg)
     stop = StopFlag()
     stop.install()
     try:
         return train(run, stop)
     finally:
         run.close()
+        distributed.close()
 
 
 def train(run: RunDir, stop: StopFlag) -> int:
@@ -191,7 +197,7 @@ def train(run: RunDir, stop: StopFlag) -> int:
     training = Training(run)
     counters, r = training.counters, run.cfg.run
     try:
-        while counters.step < r.steps and stop.signal is None:
+        while counters.step < r.steps and not distributed.any_rank(stop.signal is not None):
             training.act()                           # 1. prefill with a random policy, then the agent's
             if training.may_learn():
                 if not counters.pretrained:
@@ -234,7 +240,7 @@ class Training:
         self.collector = Collector(self.env, self.replay, self.agent, self.logger, episodes=self.counters.episodes)
         guard = NonFiniteGuard(r.max_nonfinite, read_every=CUDA_READ_EVERY if run.device.type == "cuda" else 1)
         self.updater = Updater(self.agent, self.replay, self.counters, guard)
-        self.rng = np.random.default_rng(r.seed + self.counters.step)  # the prefill's random actions
+        self.rng = distributed.action_rng(r.seed, self.counters.step)  # the prefill's random actions
         self.should = {name: Every(every, self.counters.step) for name, every in (
             ("train", r.train_every), ("log", r.log_every), ("report", r.report_every),
             ("eval", r.eval_every), ("checkpoint", r.checkpoint_every), ("video", r.video_every))}
@@ -261,13 +267,13 @@ class Training:
             collector.step(lambda obs: random_actions(env.act_space, env.num_envs, self.rng))
         else:
             collector.step(lambda obs: collector.agent_policy(obs, mode="train"))
-        self.counters.step += env.num_envs
+        self.counters.step += distributed.agent_steps(env.num_envs)  # every rank's envs
         self.counters.episodes = collector.episodes
         maybe_kill("step", self.counters.step)
 
     def may_learn(self) -> bool:
-        """Prefill is over and replay holds a finished episode."""
-        return self.counters.step >= self.cfg.run.prefill and self.replay.num_episodes > 0
+        """Prefill is over and replay holds a finished episode (on every rank's shard)."""
+        return self.counters.step >= self.cfg.run.prefill and distributed.all_ranks(self.replay.num_episodes > 0)
 
     def pretrain(self, stop: StopFlag) -> None:
         """The rest of the ``run.pretrain`` pre-training updates, one at a time so that a signal stops
@@ -281,7 +287,7 @@ class Training:
                   f"updates on {self.replay.num_steps} replay steps")
             bar = Progress(total=r.pretrain, keys=("loss",), unit="updates")
             should_log, unlogged = Every(r.log_every, counters.pretrain_updates), 0
-            while counters.pretrain_updates < r.pretrain and stop.signal is None:
+            while counters.pretrain_updates < r.pretrain and not distributed.any_rank(stop.signal is not None):
                 self.metrics = self.updater.pretrain()
                 self.logger.scalars(self.metrics, prefix="pretrain")
                 unlogged += 1
@@ -310,9 +316,10 @@ class Training:
             self.logger.scalar("eval/return", self.last_eval[1])
         if should["log"](step):
             self.write_log(step)
-        if r.video_every and ready and should["video"](step):
+        writer = distributed.world().writer  # rank 0 alone films and reports
+        if r.video_every and ready and should["video"](step) and writer:
             log_eval_video(self.logger, self.collector, self.run, step)
-        if r.report_every and ready and should["report"](step):
+        if r.report_every and ready and should["report"](step) and writer:
             log_media(self.logger, self.agent.report(self.replay))
             self.logger.scalars(self.agent.diagnostics(self.collector.eval_episodes, self.replay))
             self.logger.write(step)
@@ -337,6 +344,7 @@ class Training:
         logger.scalar("speed/updates_per_s", (counters.updates - self.start_updates) / elapsed)
         logger.scalar("replay/steps", self.replay.num_steps)
         logger.scalar("train/nonfinite_total", self.updater.nonfinite_total)  # updates skipped for NaN / inf
+        distributed.reduce_logged(logger)  # over ranks (torchrun)
         logger.write(step)
         self.logged_step = step
 
@@ -351,6 +359,7 @@ class Training:
         """
         updates = self.counters.pretrain_updates
         self.logger.scalar("pretrain/updates", updates)
+        distributed.reduce_logged(self.logger)  # over ranks (torchrun)
         self.logger.write(self.counters.step, tensorboard_step=updates, console=False)
 
     def log_last(self) -> None:
@@ -400,10 +409,11 @@ def build(run: RunDir):
     cfg, r, device = run.cfg, run.cfg.run, run.device
     env = eval_env = agent = None
     try:
-        env = VectorEnv(r.env, r.envs, seed=r.seed, parallel=r.parallel, **run.env_kwargs())
-        replay = Replay(run.path / "replay", capacity=cfg.replay.capacity, seed=r.seed)
+        rank_seed = distributed.rank_seed(r.seed, r.envs)  # r.seed with one process
+        env = VectorEnv(r.env, r.envs, seed=rank_seed, parallel=r.parallel, **run.env_kwargs())
+        replay = Replay(distributed.replay_dir(run.path / "replay"), capacity=cfg.replay.capacity, seed=rank_seed)
         replay.load(image_shape=env.obs_space["image"].shape)  # episodes of another image shape: refused
-        if r.eval_every:
+        if r.eval_every and distributed.world().writer:
             eval_env = VectorEnv(r.env, 1, seed=r.seed + 10_000, parallel=False, **run.env_kwargs())
         try:
             agent = make_agent(cfg, env.obs_space, env.act_space, device)
@@ -411,9 +421,9 @@ def build(run: RunDir):
             raise UserError(f"cannot build the {r.agent} agent from this config ({error}): change the flag "
                             "that sets it") from error
         check_model(cfg, agent, device)
-        counters = Counters.from_dict(run.restore(agent, replay))
+        counters = Counters.from_dict(distributed.share_state(agent, run.restore(agent, replay), r.seed))
         run.commit()
-        logger = Logger(run.path)
+        logger = distributed.make_logger(lambda: Logger(run.path))
     except BaseException:
         for item in (env, eval_env):
             if item is not None:

@@ -67,3 +67,17 @@ def test_replay_source_needs_enough_episodes(tmp_path):
     assert len(replay_episodes(str(tmp_path), 2)) == 2
     with pytest.raises(UserError, match="holds 2 readable episodes"):
         replay_episodes(str(tmp_path), 3)
+
+
+def test_replay_source_reads_rank_0s_shard_of_a_torchrun_run(tmp_path):
+    from replay.episodes import save_episode
+
+    shard = tmp_path / "run" / "replay" / "rank0"
+    shard.mkdir(parents=True)
+    (tmp_path / "run" / "replay" / "rank1").mkdir()
+    for index, episode in enumerate(collect_episodes("toy_catch", {}, 2, 6, seed=0)):
+        n = len(episode["image"])
+        episode.update(action=np.zeros((n, 3), np.float32), is_first=np.arange(n) == 0,
+                       is_last=np.arange(n) == n - 1, is_terminal=np.zeros(n, bool))
+        save_episode(str(shard), episode, index)
+    assert len(replay_episodes(str(tmp_path / "run"), 2)) == 2

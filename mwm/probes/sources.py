@@ -130,6 +130,8 @@ def replay_folder(path: str) -> Path:
     folder = Path(path).expanduser()
     if (folder / "replay").is_dir():
         folder = folder / "replay"
+    if not any(folder.glob("*.npz")) and (folder / "rank0").is_dir():  # a torchrun run: rank 0's shard
+        folder = folder / "rank0"
     if not folder.is_dir() or not any(folder.glob("*.npz")):
         raise UserError(f"probe.replay '{path}' holds no episode files (*.npz): pass a run directory "
                         "of mwm.train or its replay/ folder")
@@ -189,8 +191,9 @@ def replay_episodes(path: str, episodes: int, env_name: str = "", image_shape=No
     from replay.episodes import EpisodeFileError, list_episode_files, load_episode
 
     folder = replay_folder(path)
-    if env_name and (folder.parent / "config.yaml").is_file() and folder.name == "replay":
-        check_source_env(run_config(folder.parent, "probe.replay", path).run.env, env_name, "probe.replay", path)
+    run_dir = folder.parent.parent if folder.parent.name == "replay" else folder.parent  # replay/rank<k>/
+    if env_name and (run_dir / "config.yaml").is_file() and "replay" in (folder.name, folder.parent.name):
+        check_source_env(run_config(run_dir, "probe.replay", path).run.env, env_name, "probe.replay", path)
     found: List[Episode] = []
     for file in reversed(list_episode_files(str(folder))):  # newest first
         if len(found) == episodes:
