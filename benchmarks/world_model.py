@@ -132,6 +132,14 @@ def to_json(value):
     return value
 
 
+def write_result(result, out: str, plot_fn, plot_path: str) -> None:
+    """``result`` as strict JSON at ``out`` (atomically), then its figure unless ``plot_path`` is "none"."""
+    atomic_write_text(out, json.dumps(to_json(result), indent=2))
+    print(f"json: {out}")
+    if plot_path != "none":
+        plot_fn(result, plot_path)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", help="run directories of mwm.train (mwm, dreamerv2 or siammae)")
@@ -169,10 +177,7 @@ def main(argv=None) -> int:
         print("no Dreamer-family run to diagnose", file=sys.stderr)
         return 2
     print_table(results)
-    atomic_write_text(args.out, json.dumps(to_json(results), indent=2))
-    print(f"json: {args.out}")
-    if args.plot != "none":
-        plot(results, args.plot)
+    write_result(results, args.out, plot, args.plot)
     return 0
 
 

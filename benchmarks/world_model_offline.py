@@ -72,7 +72,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._figures import save_png  # noqa: E402
 from benchmarks.learning import SETTINGS, merge_flags  # noqa: E402
-from benchmarks.world_model import DREAMER_FAMILY, to_json  # noqa: E402
+from benchmarks.world_model import DREAMER_FAMILY, to_json, write_result  # noqa: E402
 from mwm.atomic import atomic_write_text  # noqa: E402
 
 PROBE_RIDGE = 1e-2  # ridge penalty of the probe, relative to the features' mean variance
@@ -490,9 +490,7 @@ def main(argv=None) -> int:
         result["variants"].append(train_variant(name, flags, args, train, held, pretrained))
         atomic_write_text(args.out, json.dumps(to_json(result), indent=2))  # a partial result survives a stop
     print_table(result)
-    print(f"json: {args.out}")
-    if args.plot != "none":
-        plot(result, args.plot)
+    write_result(result, args.out, plot, args.plot)
     return 0
 
 

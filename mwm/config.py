@@ -485,6 +485,17 @@ def _check(cond: bool, key: str, message: str) -> None:
         raise UserError(f"bad value for config key '{key}': {message}")
 
 
+def flat_keys(node: Any, prefix: str = "") -> dict:
+    """A nested dict (a config as a container) -> ``{"dotted.key": value}`` for every leaf."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def choices_of(node: Any = None, prefix: str = "") -> dict:
     """Dotted key -> allowed values, for every key of the schema declared with :func:`choice`."""
     node = Config if node is None else node

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from mwm.errors import UserError
+from mwm.logger import Logger
 
 BACKENDS = ("auto", "gloo", "nccl")
 # Logged scalars that add up over ranks (the others are averaged over the ranks that logged them).
@@ -305,23 +306,15 @@ def _collective(fn: Callable[[], Any]) -> Any:
                         "the cause: re-run the same command to resume from the last checkpoint") from None
 
 
-def _flatten(node, prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_same_config(cfg) -> None:
     """Refuse ranks started with different settings, naming the first key that differs."""
     if not _world.active:
         return
     from omegaconf import OmegaConf
 
-    mine = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    from mwm.config import flat_keys  # here: mwm.config reads BACKENDS from this module
+
+    mine = flat_keys(OmegaConf.to_container(cfg, resolve=True))
     configs: List[Optional[dict]] = [None] * _world.size
     _collective(lambda: torch.distributed.all_gather_object(configs, mine))
     for rank, other in enumerate(configs):
@@ -509,18 +502,12 @@ def make_logger(make: Callable[[], Any]):
     return make() if _world.writer else QuietLogger()
 
 
-class QuietLogger:
-    """The logger of ranks other than 0: queues scalars for :func:`reduce_logged`, writes nothing."""
+class QuietLogger(Logger):
+    """The logger of ranks other than 0: queues scalars (:meth:`Logger.scalar`) for
+    :func:`reduce_logged`, writes nothing."""
 
-    def __init__(self):
+    def __init__(self):  # no files, no TensorBoard writer
         self._scalars: Dict[str, List[Any]] = {}
-
-    def scalar(self, name: str, value) -> None:
-        self._scalars.setdefault(name, []).append(value)
-
-    def scalars(self, values: Dict[str, Any], prefix: str = "") -> None:
-        for name, value in values.items():
-            self.scalar(f"{prefix}/{name}" if prefix else name, value)
 
     def image(self, name: str, array) -> None:
         pass
@@ -529,7 +516,7 @@ class QuietLogger:
         pass
 
     def write(self, step: Optional[int] = None, tensorboard_step: Optional[int] = None,
-              console: bool = True) -> Dict[str, float]:  # mwm.logger.Logger.write's signature
+              console: bool = True) -> Dict[str, float]:
         self._scalars = {}
         return {}
 

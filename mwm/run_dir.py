@@ -83,16 +83,6 @@ def env_kwargs(cfg: DictConfig) -> Dict:
     return out
 
 
-def _flatten(node, prefix="") -> Dict:
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _check_writable(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise UserError(f"logdir '{path}' is a file, not a directory: pass another --logdir")
@@ -367,8 +357,8 @@ def prepare_run(env: str, agent: str, preset: str, overrides: Sequence[str], res
     if resume and not has_checkpoint:
         raise UserError(f"--resume: no checkpoint in '{path / 'checkpoints'}': drop --resume to start a new run")
     if saved.exists():
-        old = _flatten(OmegaConf.to_container(_load_saved_config(saved)))
-        new = _flatten(OmegaConf.to_container(cfg))
+        old = config_lib.flat_keys(OmegaConf.to_container(_load_saved_config(saved)))
+        new = config_lib.flat_keys(OmegaConf.to_container(cfg))
         identity = ["run.env", "run.agent", "run.preset"]  # named first: they explain the rest
         for key in identity + sorted((set(old) | set(new)) - set(identity)):
             if old.get(key) == "???":  # a key added to the schema after this run started
