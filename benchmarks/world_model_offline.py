@@ -184,7 +184,8 @@ def use_flatten_pool(agent, cfg) -> None:
 def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, object]:
     """One whole episode through the world model: ``inputs`` it reads, flattened (T, n), the
     encoder's ``embed`` (T, E), the posterior features ``feat`` (T, F) and the reward head's
-    squashed predictions ``head`` (T,)."""
+    squashed predictions ``head`` (T,); with ``wm.embed_reward_scale`` > 0 also those of the
+    reward head on the encoder's output, ``embed_head`` (T,)."""
     import torch
 
     wm = agent.wm
@@ -196,7 +197,10 @@ def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, objec
     embed = wm.encoder(inputs)  # (1, T, E)
     post, _ = wm.rssm.observe(embed, action, is_first)
     feat = wm.feature(post)  # (1, T, F)
-    return {"inputs": inputs[0].flatten(1), "embed": embed[0], "feat": feat[0], "head": wm.reward_head(feat)[0]}
+    out = {"inputs": inputs[0].flatten(1), "embed": embed[0], "feat": feat[0], "head": wm.reward_head(feat)[0]}
+    if getattr(wm, "embed_reward_head", None) is not None:
+        out["embed_head"] = wm.embed_reward_head(embed)[0]
+    return out
 
 
 def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> List[float]:
@@ -240,6 +244,10 @@ def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], thre
            "reward_corr": pearson(reward, truth), **event_scores(reward, truth, threshold),
            "sign_acc": event_sign_accuracy(reward, truth, threshold)}
     out["loss_ratio"] = out["reward_loss"] / out["zero_loss"] if out["zero_loss"] > 0 else float("nan")
+    if "embed_head" in held[0]:  # the reward head on the encoder's output (wm.embed_reward_scale)
+        embed_head = np.concatenate([o["embed_head"] for o in held])  # (N,) squashed
+        out["embed_head_loss_ratio"] = float(((embed_head - target) ** 2).mean()) / out["zero_loss"]
+        out["embed_head_sign_acc"] = event_sign_accuracy(squash_inverse(embed_head, transform), truth, threshold)
     if targets_available:
         y_train = np.concatenate([probe_targets(episode) for episode in probe_eps])  # (N, 3)
         y_test = np.concatenate([probe_targets(episode) for episode in held_eps])
@@ -377,8 +385,20 @@ def print_row(name: str, point: Dict, flush: bool = False) -> None:
           f"{fmt(c.get('probe_r2_object'))} {fmt(c.get('probe_r2_offset'))} {fmt(c.get('embed_r2_offset'))} "
           f"{fmt(c.get('inputs_r2_offset'))} "
           f"| open: {fmt(o['reward_corr'], 5)} {fmt(o['reward_precision'], 5)} {fmt(o['reward_recall'])} "
-          f"{fmt(o['sign_acc'], 5)} {fmt(o['kl'], 5)}",
+          f"{fmt(o['sign_acc'], 5)} {fmt(o['kl'], 5)}"
+          f"{encoder_columns(c)}",
           flush=flush)
+
+
+def encoder_columns(c: Dict) -> str:
+    """The encoder's paddle R^2 and, with a reward head on the encoder's output, its reward loss
+    over predicting 0 and sign at events; empty where not measured."""
+    if "embed_r2_paddle" not in c:
+        return ""
+    text = f" | encoder: pad {fmt(c['embed_r2_paddle'], 5)}"
+    if "embed_head_loss_ratio" in c:
+        text += f" r/0 {fmt(c['embed_head_loss_ratio'], 5)} sign {fmt(c['embed_head_sign_acc'], 5)}"
+    return text
 
 
 def print_table(result: Dict) -> None:
