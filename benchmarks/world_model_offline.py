@@ -76,6 +76,12 @@ from benchmarks.world_model import DREAMER_FAMILY, to_json  # noqa: E402
 from mwm.atomic import atomic_write_text  # noqa: E402
 
 PROBE_RIDGE = 1e-2  # ridge penalty of the probe, relative to the features' mean variance
+# A near-unregularised probe of the narrow features (embedding, posterior): the relative
+# penalty above shrinks a direction whose variance is far below the features' mean, so a
+# paddle held in a low-variance direction would read as absent. At <= 256 features and
+# thousands of frames an almost plain least-squares fit does not overfit.
+SMALL_RIDGE = 1e-6
+SMALL_RIDGE_MAX_DIM = 256
 PROBE_EPISODES = 60  # training episodes the probe is fitted on (the first ones of the split)
 INPUT_PROBE_MAX_DIM = 4096  # the inputs themselves are probed only up to this size (MWM's tokens, not pixels)
 
@@ -203,11 +209,13 @@ def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, objec
     return out
 
 
-def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> List[float]:
-    """R^2 on the test set of a ridge regression per target column: x (N, F), y (N, K)."""
+def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+             ridge: float = PROBE_RIDGE) -> List[float]:
+    """R^2 on the test set of a ridge regression per target column: x (N, F), y (N, K); the
+    penalty is ``ridge`` times the features' mean variance times N."""
     mean_x, mean_y = x_train.mean(0), y_train.mean(0)
     xc = x_train - mean_x
-    penalty = PROBE_RIDGE * xc.var(0).mean() * len(xc)
+    penalty = ridge * xc.var(0).mean() * len(xc)
     weights = np.linalg.solve(xc.T @ xc + penalty * np.eye(xc.shape[1]), xc.T @ (y_train - mean_y))  # (F, K)
     pred = (x_test - mean_x) @ weights + mean_y
     residual = ((y_test - pred) ** 2).sum(0)
@@ -258,6 +266,10 @@ def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], thre
             r2 = ridge_r2(np.concatenate([o[key] for o in train]), y_train,
                           np.concatenate([o[key] for o in held]), y_test)
             out.update({f"{name}_r2_paddle": r2[0], f"{name}_r2_object": r2[1], f"{name}_r2_offset": r2[2]})
+            if key != "inputs" and held[0][key].shape[1] <= SMALL_RIDGE_MAX_DIM:
+                r2 = ridge_r2(np.concatenate([o[key] for o in train]), y_train,
+                              np.concatenate([o[key] for o in held]), y_test, SMALL_RIDGE)
+                out.update({f"{name}_r2s_paddle": r2[0], f"{name}_r2s_object": r2[1], f"{name}_r2s_offset": r2[2]})
     return out
 
 
@@ -396,6 +408,8 @@ def encoder_columns(c: Dict) -> str:
     if "embed_r2_paddle" not in c:
         return ""
     text = f" | encoder: pad {fmt(c['embed_r2_paddle'], 5)}"
+    if "embed_r2s_paddle" in c:  # the near-unregularised probe
+        text += f" (small ridge: pad {fmt(c['embed_r2s_paddle'], 5)} off {fmt(c['embed_r2s_offset'], 5)})"
     if "embed_head_loss_ratio" in c:
         text += f" r/0 {fmt(c['embed_head_loss_ratio'], 5)} sign {fmt(c['embed_head_sign_acc'], 5)}"
     return text
