@@ -76,6 +76,12 @@ from benchmarks.world_model import DREAMER_FAMILY, to_json, write_result  # noqa
 from mwm.atomic import atomic_write_text  # noqa: E402
 
 PROBE_RIDGE = 1e-2  # ridge penalty of the probe, relative to the features' mean variance
+# A near-unregularised probe of the narrow features (embedding, posterior): the relative
+# penalty above shrinks a direction whose variance is far below the features' mean, so a
+# paddle held in a low-variance direction would read as absent. At <= 256 features and
+# thousands of frames an almost plain least-squares fit does not overfit.
+SMALL_RIDGE = 1e-6
+SMALL_RIDGE_MAX_DIM = 256
 PROBE_EPISODES = 60  # training episodes the probe is fitted on (the first ones of the split)
 INPUT_PROBE_MAX_DIM = 4096  # the inputs themselves are probed only up to this size (MWM's tokens, not pixels)
 
@@ -184,7 +190,8 @@ def use_flatten_pool(agent, cfg) -> None:
 def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, object]:
     """One whole episode through the world model: ``inputs`` it reads, flattened (T, n), the
     encoder's ``embed`` (T, E), the posterior features ``feat`` (T, F) and the reward head's
-    squashed predictions ``head`` (T,)."""
+    squashed predictions ``head`` (T,); with ``wm.embed_reward_scale`` > 0 also those of the
+    reward head on the encoder's output, ``embed_head`` (T,)."""
     import torch
 
     wm = agent.wm
@@ -196,14 +203,19 @@ def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, objec
     embed = wm.encoder(inputs)  # (1, T, E)
     post, _ = wm.rssm.observe(embed, action, is_first)
     feat = wm.feature(post)  # (1, T, F)
-    return {"inputs": inputs[0].flatten(1), "embed": embed[0], "feat": feat[0], "head": wm.reward_head(feat)[0]}
+    out = {"inputs": inputs[0].flatten(1), "embed": embed[0], "feat": feat[0], "head": wm.reward_head(feat)[0]}
+    if getattr(wm, "embed_reward_head", None) is not None:
+        out["embed_head"] = wm.embed_reward_head(embed)[0]
+    return out
 
 
-def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> List[float]:
-    """R^2 on the test set of a ridge regression per target column: x (N, F), y (N, K)."""
+def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+             ridge: float = PROBE_RIDGE) -> List[float]:
+    """R^2 on the test set of a ridge regression per target column: x (N, F), y (N, K); the
+    penalty is ``ridge`` times the features' mean variance times N."""
     mean_x, mean_y = x_train.mean(0), y_train.mean(0)
     xc = x_train - mean_x
-    penalty = PROBE_RIDGE * xc.var(0).mean() * len(xc)
+    penalty = ridge * xc.var(0).mean() * len(xc)
     weights = np.linalg.solve(xc.T @ xc + penalty * np.eye(xc.shape[1]), xc.T @ (y_train - mean_y))  # (F, K)
     pred = (x_test - mean_x) @ weights + mean_y
     residual = ((y_test - pred) ** 2).sum(0)
@@ -240,6 +252,10 @@ def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], thre
            "reward_corr": pearson(reward, truth), **event_scores(reward, truth, threshold),
            "sign_acc": event_sign_accuracy(reward, truth, threshold)}
     out["loss_ratio"] = out["reward_loss"] / out["zero_loss"] if out["zero_loss"] > 0 else float("nan")
+    if "embed_head" in held[0]:  # the reward head on the encoder's output (wm.embed_reward_scale)
+        embed_head = np.concatenate([o["embed_head"] for o in held])  # (N,) squashed
+        out["embed_head_loss_ratio"] = float(((embed_head - target) ** 2).mean()) / out["zero_loss"]
+        out["embed_head_sign_acc"] = event_sign_accuracy(squash_inverse(embed_head, transform), truth, threshold)
     if targets_available:
         y_train = np.concatenate([probe_targets(episode) for episode in probe_eps])  # (N, 3)
         y_test = np.concatenate([probe_targets(episode) for episode in held_eps])
@@ -250,6 +266,10 @@ def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], thre
             r2 = ridge_r2(np.concatenate([o[key] for o in train]), y_train,
                           np.concatenate([o[key] for o in held]), y_test)
             out.update({f"{name}_r2_paddle": r2[0], f"{name}_r2_object": r2[1], f"{name}_r2_offset": r2[2]})
+            if key != "inputs" and held[0][key].shape[1] <= SMALL_RIDGE_MAX_DIM:
+                r2 = ridge_r2(np.concatenate([o[key] for o in train]), y_train,
+                              np.concatenate([o[key] for o in held]), y_test, SMALL_RIDGE)
+                out.update({f"{name}_r2s_paddle": r2[0], f"{name}_r2s_object": r2[1], f"{name}_r2s_offset": r2[2]})
     return out
 
 
@@ -377,8 +397,22 @@ def print_row(name: str, point: Dict, flush: bool = False) -> None:
           f"{fmt(c.get('probe_r2_object'))} {fmt(c.get('probe_r2_offset'))} {fmt(c.get('embed_r2_offset'))} "
           f"{fmt(c.get('inputs_r2_offset'))} "
           f"| open: {fmt(o['reward_corr'], 5)} {fmt(o['reward_precision'], 5)} {fmt(o['reward_recall'])} "
-          f"{fmt(o['sign_acc'], 5)} {fmt(o['kl'], 5)}",
+          f"{fmt(o['sign_acc'], 5)} {fmt(o['kl'], 5)}"
+          f"{encoder_columns(c)}",
           flush=flush)
+
+
+def encoder_columns(c: Dict) -> str:
+    """The encoder's paddle R^2 and, with a reward head on the encoder's output, its reward loss
+    over predicting 0 and sign at events; empty where not measured."""
+    if "embed_r2_paddle" not in c:
+        return ""
+    text = f" | encoder: pad {fmt(c['embed_r2_paddle'], 5)}"
+    if "embed_r2s_paddle" in c:  # the near-unregularised probe
+        text += f" (small ridge: pad {fmt(c['embed_r2s_paddle'], 5)} off {fmt(c['embed_r2s_offset'], 5)})"
+    if "embed_head_loss_ratio" in c:
+        text += f" r/0 {fmt(c['embed_head_loss_ratio'], 5)} sign {fmt(c['embed_head_sign_acc'], 5)}"
+    return text
 
 
 def print_table(result: Dict) -> None:

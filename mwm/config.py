@@ -31,6 +31,7 @@ from mwm.actor_critic import ACTOR_GRADS
 from mwm.errors import UserError
 from mwm.distributed import BACKENDS
 from mwm.heads import ACTIVATIONS, TRANSFORMS
+from mwm.losses.dynamics import RECON_WEIGHTS
 from mwm.losses.representation import LOSS_ON
 from mwm.masking import MASKING_KINDS
 from mwm.speed import COMPILE_CHOICES, PRECISIONS
@@ -170,6 +171,9 @@ class WorldModelConfig:
     discount_scale: float = MISSING
     token_norm: bool = MISSING  # MWM: standardise the tokens the world model reads (mwm/token_norm.py)
     token_norm_decay: float = MISSING
+    recon_weight: str = choice(RECON_WEIGHTS)  # uniform (paper) | change: weigh what changed (not in the paper)
+    recon_change_mix: float = MISSING  # share of the weight that follows the change, in [0, 1]
+    embed_reward_scale: float = MISSING  # reward head on the encoder's output (not in the paper); 0: off
     lr: float = MISSING
     eps: float = MISSING
     clip: float = MISSING
@@ -546,7 +550,7 @@ def validate(cfg: DictConfig) -> None:
     if r.agent in ("mwm", "siammae"):  # the agents that tokenise frames with the MAE's stem
         _check(e.size[0] % m.patch == 0 and e.size[1] % m.patch == 0, "mae.patch",
                f"{m.patch} must divide the image size {list(e.size)}")
-    zero_ok = {"replay.prefetch", "mae.warmup", "rssm.unimix", "wm.kl_free"}
+    zero_ok = {"replay.prefetch", "mae.warmup", "rssm.unimix", "wm.kl_free", "wm.recon_change_mix"}
     for section in ("mae", "wm", "ac", "replay", "rssm"):
         for key, value in cfg[section].items():
             name = f"{section}.{key}"
@@ -557,6 +561,7 @@ def validate(cfg: DictConfig) -> None:
             else:
                 _check(value > 0, name, f"must be positive, got {value}")
     _check(cfg.wm.token_norm_decay < 1, "wm.token_norm_decay", f"must be in (0, 1), got {cfg.wm.token_norm_decay}")
+    _check(cfg.wm.recon_change_mix <= 1, "wm.recon_change_mix", f"must be in [0, 1], got {cfg.wm.recon_change_mix}")
     _check(cfg.ac.lam <= 1 and cfg.ac.discount <= 1, "ac.lam" if cfg.ac.lam > 1 else "ac.discount",
            "must be at most 1")
 

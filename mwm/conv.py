@@ -76,6 +76,9 @@ class ConvDecoder(nn.Module):
         x = self.net(x)  # (B*T, C, 64, 64)
         return x.reshape(*lead, self.out_channels, IMAGE_SIZE, IMAGE_SIZE)
 
-    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Reconstruction loss (B, T) of decoded ``pred`` against the input images."""
-        return image_recon_loss(pred, target)
+    channel_dim = -3  # of the target (B, T, C, H, W): change weights are per pixel (wm.recon_weight)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction loss (B, T) of decoded ``pred`` against the input images; ``weight``
+        (B, T, H, W) per pixel or None (uniform)."""
+        return image_recon_loss(pred, target, weight)

@@ -9,6 +9,9 @@
 
 Contract for a pair: ``encoder(inputs (B, T, ...)) -> (B, T, embed_dim)``;
 ``decoder(feat (B, T, F)) -> prediction of inputs``; ``decoder.loss(pred, inputs) -> (B, T)``.
+For ``recon_weight="change"`` the decoder also takes ``decoder.loss(pred, inputs, weight)``
+and names the inputs' channel dimension in ``decoder.channel_dim``
+(:func:`mwm.losses.dynamics.change_weights`).
 """
 
 import inspect
@@ -20,8 +23,8 @@ from torch import nn
 
 from mwm.distributions import OneHotCategorical
 from mwm.heads import BernoulliHead, MSEHead
-from mwm.losses.dynamics import (categorical_kl, discount_loss, kl_balance_loss, latent_recon_loss,
-                                 reward_loss)
+from mwm.losses.dynamics import (RECON_WEIGHTS, categorical_kl, change_weights, discount_loss, embed_reward_loss,
+                                 kl_balance_loss, latent_recon_loss, reward_loss)
 from mwm.rssm import RSSM, State
 from mwm.vit import Transformer, sincos_pos_embed_2d
 
@@ -97,9 +100,12 @@ class TokenDecoder(nn.Module):
         x = self.transformer(torch.cat([state, slots], dim=1))[:, 1:]  # (B*T, L, W)
         return self.head(x).reshape(*lead, self.num_tokens, self.token_dim)  # (B, T, L, Dt)
 
-    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Latent reconstruction loss (B, T) against the stop-gradient MAE tokens."""
-        return latent_recon_loss(pred, target)
+    channel_dim = -1  # of the target (B, T, L, D): change weights are per token (wm.recon_weight)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent reconstruction loss (B, T) against the stop-gradient MAE tokens; ``weight``
+        (B, T, L) per token or None (uniform)."""
+        return latent_recon_loss(pred, target, weight)
 
 
 def rssm_feat_dim(rssm: Mapping[str, object] | None = None) -> int:
@@ -125,6 +131,13 @@ class WorldModel(nn.Module):
         kl_balance, kl_free: see :func:`mwm.losses.dynamics.kl_balance_loss`.
         kl_scale, recon_scale, reward_scale, discount_scale: the weights of the loss terms
             (:meth:`loss`); the discount weight applies only with ``discount_head``.
+        recon_weight: "uniform" (the paper) or "change": the reconstruction loss weighs each
+            token / pixel by how much it changed since the previous frame
+            (:func:`mwm.losses.dynamics.change_weights`, with ``recon_change_mix``).
+            Not in MWM or DreamerV2; off by default.
+        embed_reward_scale: weight of a reward head on the encoder's output
+            (:func:`mwm.losses.dynamics.embed_reward_loss`); 0 (default) builds no head.
+            Not in MWM or DreamerV2.
 
     Defaults are those of configs/defaults.yaml (tests/test_config_schema.py checks it).
     """
@@ -133,11 +146,19 @@ class WorldModel(nn.Module):
                  rssm: Mapping[str, object] | None = None, head_layers: int = 4, head_units: int = 512,
                  reward_transform: str = "symlog", discount_head: bool = False, head_norm: bool = False,
                  kl_balance: float = 0.8, kl_free: float = 0.01, kl_scale: float = 1.0, recon_scale: float = 1.0,
-                 reward_scale: float = 1.0, discount_scale: float = 1.0):
+                 reward_scale: float = 1.0, discount_scale: float = 1.0, recon_weight: str = "uniform",
+                 recon_change_mix: float = 0.9, embed_reward_scale: float = 0.0):
         super().__init__()
         if not callable(getattr(decoder, "loss", None)):
             raise ValueError(f"decoder {type(decoder).__name__} has no loss(pred, target) method; "
                             "give it one returning a (B, T) reconstruction loss")
+        if recon_weight not in RECON_WEIGHTS:
+            raise ValueError(f"recon_weight must be one of {RECON_WEIGHTS}, got {recon_weight!r}")
+        if recon_weight == "change" and not isinstance(getattr(decoder, "channel_dim", None), int):
+            raise ValueError(f"recon_weight 'change' needs a decoder with channel_dim and loss(pred, target, "
+                            f"weight); {type(decoder).__name__} has none")
+        if not 0.0 <= recon_change_mix <= 1.0:
+            raise ValueError(f"recon_change_mix must be in [0, 1], got {recon_change_mix}")
         rssm = dict(rssm or {})
         allowed = set(inspect.signature(RSSM).parameters) - {"embed_dim", "action_dim"}
         if set(rssm) - allowed:
@@ -153,9 +174,16 @@ class WorldModel(nn.Module):
                               if discount_head else None)
         self.kl_balance = kl_balance
         self.kl_free = kl_free
+        self.recon_weight = recon_weight
+        self.recon_change_mix = float(recon_change_mix)
         self.loss_scales = {"kl": float(kl_scale), "recon": float(recon_scale), "reward": float(reward_scale)}
         if discount_head:
             self.loss_scales["discount"] = float(discount_scale)
+        # A reward head on the encoder's output (B, T, E), off (None) at scale 0.
+        self.embed_reward_head = (MSEHead(embed_dim, head_layers, head_units, reward_transform, norm=head_norm)
+                                  if embed_reward_scale > 0 else None)
+        if self.embed_reward_head is not None:
+            self.loss_scales["embed_reward"] = float(embed_reward_scale)
 
     @property
     def feat_dim(self) -> int:
@@ -177,13 +205,18 @@ class WorldModel(nn.Module):
         post, prior = self.rssm.observe(embed, action, is_first)
         feat = self.feature(post)  # (B, T, F)
         kl, _ = kl_balance_loss(post["logits"], prior["logits"], self.kl_balance, self.kl_free)
+        recon_args = ()
+        if self.recon_weight == "change":
+            recon_args = (change_weights(inputs, is_first, self.recon_change_mix, self.decoder.channel_dim),)
         losses = {
             "kl": kl,
-            "recon": self.decoder.loss(self.decoder(feat), inputs),
+            "recon": self.decoder.loss(self.decoder(feat), inputs, *recon_args),
             "reward": reward_loss(self.reward_head(feat), reward, self.reward_transform),
         }
         if self.discount_head is not None:
             losses["discount"] = discount_loss(self.discount_head(feat), is_terminal)
+        if self.embed_reward_head is not None:
+            losses["embed_reward"] = embed_reward_loss(self.embed_reward_head(embed), reward, self.reward_transform)
         return losses, post, prior
 
     def loss(self, inputs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,

@@ -64,6 +64,8 @@ def test_a_few_updates_score_held_out_episodes_only(tmp_path):
     code = offline.main(["--replay", str(tmp_path / "replay"), "--agent", "mwm", "--updates", "2", "--every", "1",
                          "--holdout-every", "3", "--sequences", "4", "--out", str(out), "--plot", "none",
                          "--variant", "small: --rssm.deter 16 --rssm.hidden 16",
+                         "--variant", "objectives: --rssm.deter 16 --rssm.hidden 16 --wm.recon_weight change "
+                                      "--wm.embed_reward_scale 10",
                          "--", "--run.pretrain", "2", "--replay.batch", "2", "--replay.length", "8",
                          "--mae.batch", "2", "--mae.length", "4"])
     assert code == 0
@@ -78,6 +80,10 @@ def test_a_few_updates_score_held_out_episodes_only(tmp_path):
     assert closed["zero_loss"] == pytest.approx(np.mean(np.log1p(np.abs(held_rewards)) ** 2), rel=1e-5)
     assert closed["reward_loss"] >= 0 and "probe_r2_offset" in closed
     assert variant["curve"][-1]["open_loop"]["reward_events_true"] >= 0
+    assert "embed_head_loss_ratio" not in closed and "embed_r2s_offset" in closed
+    # the reward head on the encoder's output is scored like the RSSM's
+    closed = result["variants"][1]["curve"][-1]["closed_loop"]
+    assert closed["embed_head_loss_ratio"] >= 0 and 0 <= closed["embed_head_sign_acc"] <= 1
 
 
 def test_the_flatten_pool_encoder_keeps_the_width_and_reads_every_position():
