@@ -38,7 +38,7 @@ class Collector:
 
     RECENT = 10
 
-    def __init__(self, env, replay, agent, logger=None, episodes: int = 0):
+    def __init__(self, env, replay, agent, episodes: int = 0):
         self.env, self.replay, self.agent = env, replay, agent
         self.discrete = env.discrete
         self.action_size = env.action_size

@@ -237,7 +237,7 @@ class Training:
         r = self.cfg.run
         seed_everything(r.seed)
         self.env, self.eval_env, self.replay, self.agent, self.counters, self.logger = build(run)
-        self.collector = Collector(self.env, self.replay, self.agent, self.logger, episodes=self.counters.episodes)
+        self.collector = Collector(self.env, self.replay, self.agent, episodes=self.counters.episodes)
         guard = NonFiniteGuard(r.max_nonfinite, read_every=CUDA_READ_EVERY if run.device.type == "cuda" else 1)
         self.updater = Updater(self.agent, self.replay, self.counters, guard)
         self.rng = distributed.action_rng(r.seed, self.counters.step)  # the prefill's random actions
