@@ -530,19 +530,15 @@ def reduce_logged(logger) -> None:
     the same point, before ``logger.write``."""
     if not _world.active:
         return
-    mine = {name: sum(_float(v) for v in values) / len(values) for name, values in logger._scalars.items()}
+    mine = logger.queued()
     every: List[Optional[dict]] = [None] * _world.size
     _collective(lambda: torch.distributed.all_gather_object(every, mine))
     merged: Dict[str, List[float]] = {}
     for values in every:
         for name, value in values.items():
             merged.setdefault(name, []).append(value)
-    logger._scalars = {name: [sum(values) if name in SUMMED else sum(values) / len(values)]
-                       for name, values in merged.items()}
-
-
-def _float(value) -> float:
-    return float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
+    logger.replace_queued({name: sum(values) if name in SUMMED else sum(values) / len(values)
+                           for name, values in merged.items()})
 
 
 def close() -> None:

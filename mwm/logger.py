@@ -76,6 +76,14 @@ class Logger:
         """Queue a video ``(T, H, W, C)``: uint8, or float in [0, 1]; stored as an animated GIF."""
         self._videos[name] = array
 
+    def queued(self) -> Dict[str, float]:
+        """The queued scalars, each the mean of its values: what :meth:`write` would log."""
+        return {name: _mean(values) for name, values in self._scalars.items()}
+
+    def replace_queued(self, scalars: Dict[str, float]) -> None:
+        """Queue ``scalars`` in place of everything queued so far (e.g. their values over ranks)."""
+        self._scalars = {name: [value] for name, value in scalars.items()}
+
     def write(self, step: Optional[int] = None, tensorboard_step: Optional[int] = None,
               console: bool = True) -> Dict[str, float]:
         """Flush queued values at ``step`` to every sink; returns the scalars written.
@@ -89,7 +97,7 @@ class Logger:
                 raise ValueError("Logger.write needs a step (or a step_fn at construction)")
             step = self._step_fn()
         step = int(step)
-        scalars = {name: _mean(values) for name, values in self._scalars.items()}
+        scalars = self.queued()
         images = {name: to_uint8(array) for name, array in self._images.items()}
         videos = {name: to_uint8(array) for name, array in self._videos.items()}
         self._scalars, self._images, self._videos = {}, {}, {}

@@ -143,7 +143,7 @@ def scenario_startup(rank: int, size: int, tmp: Path) -> dict:
     if rank == 1:
         logger.scalar("train/return", 7.0)
     distributed.reduce_logged(logger)
-    out["logged"] = {name: values for name, values in logger._scalars.items()}
+    out["logged"] = logger.queued()
     out["flags"] = (distributed.any_rank(rank == 1), distributed.all_ranks(rank == 1), distributed.all_ranks(True))
     return out
 
