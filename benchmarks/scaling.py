@@ -96,8 +96,7 @@ def _update_rank(rank: int, size: int, port: int, args: argparse.Namespace, agen
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - start
-            if hasattr(agent, "close"):
-                agent.close()
+            agent.close()
         if rank == 0:
             batch = cfg.curl.batch if agent_name == "curl" else cfg.replay.batch
             Path(out).write_text(json.dumps({"updates_per_s": args.updates / elapsed, "batch_per_rank": batch}))

@@ -365,8 +365,10 @@ def follower_run(cfg, path: Path):
         def commit(self) -> None:
             self.committed = True
 
-        def restore(self, agent, replay=None) -> Dict:  # the state comes from rank 0 (share_state); the
-            return {}                                     # replay shard's sampler starts from the rank's seed
+        def restore(self, agent, replay=None) -> Dict:
+            """Nothing read here: the state comes from rank 0 (share_state), and this replay
+            shard's sampler starts from the rank's seed."""
+            return {}
 
         def save(self, agent, counters: Dict, replay=None) -> None:
             return None
@@ -510,10 +512,10 @@ class QuietLogger(Logger):
         self._scalars: Dict[str, List[Any]] = {}
 
     def image(self, name: str, array) -> None:
-        pass
+        """Dropped: rank 0 alone writes images."""
 
     def video(self, name: str, array) -> None:
-        pass
+        """Dropped: rank 0 alone writes videos."""
 
     def write(self, step: Optional[int] = None, tensorboard_step: Optional[int] = None,
               console: bool = True) -> Dict[str, float]:
@@ -521,7 +523,7 @@ class QuietLogger(Logger):
         return {}
 
     def close(self) -> None:
-        pass
+        """Nothing to close: no files, no TensorBoard writer."""
 
 
 def reduce_logged(logger) -> None:

@@ -318,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             video.abort()
         raise
     finally:
-        if agent is not None and hasattr(agent, "close"):
+        if agent is not None:
             agent.close()
         env.close()
     summary = summarise(returns, lengths, seed=args.seed)

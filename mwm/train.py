@@ -383,8 +383,7 @@ class Training:
         """End the progress bar; stop the collector, the agent's samplers, the envs and the logger."""
         self.progress.close()
         self.collector.close()
-        if hasattr(self.agent, "close"):  # background samplers
-            self.agent.close()
+        self.agent.close()  # background samplers
         self.env.close()
         if self.eval_env is not None:
             self.eval_env.close()
@@ -428,7 +427,7 @@ def build(run: RunDir):
         for item in (env, eval_env):
             if item is not None:
                 item.close()
-        if agent is not None and hasattr(agent, "close"):
+        if agent is not None:
             agent.close()
         raise
     return env, eval_env, replay, agent, counters, logger
