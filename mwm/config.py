@@ -550,8 +550,9 @@ def validate(cfg: DictConfig) -> None:
     if r.agent in ("mwm", "siammae"):  # the agents that tokenise frames with the MAE's stem
         _check(e.size[0] % m.patch == 0 and e.size[1] % m.patch == 0, "mae.patch",
                f"{m.patch} must divide the image size {list(e.size)}")
-    zero_ok = {"replay.prefetch", "mae.warmup", "rssm.unimix", "wm.kl_free", "wm.recon_change_mix"}
-    for section in ("mae", "wm", "ac", "replay", "rssm"):
+    zero_ok = {"replay.prefetch", "mae.warmup", "rssm.unimix", "wm.kl_free", "wm.recon_change_mix",
+               "dist.global_batch"}  # global_batch 0: the per-rank batch times the ranks
+    for section in ("mae", "wm", "ac", "replay", "rssm", "dist"):
         for key, value in cfg[section].items():
             name = f"{section}.{key}"
             if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -97,16 +97,6 @@ def from_environment(environ: Optional[Dict[str, str]] = None) -> World:
 # ----------------------------------------------------------------------------- start-up
 
 
-def check_settings(cfg) -> None:
-    """The ``dist`` block's values (one line naming the key)."""
-    d = cfg.dist  # dist.backend is checked with the other choices (mwm.config.validate)
-    if not d.timeout > 0:
-        raise UserError(f"dist.timeout: must be a positive number of seconds, got {d.timeout}")
-    if d.global_batch < 0:
-        raise UserError(f"dist.global_batch: must be >= 0 (0: the per-rank batch times the ranks), got "
-                        f"{d.global_batch}")
-
-
 def backend_for(requested: str, device: torch.device) -> str:
     """The process-group backend: gloo for CPU processes, NCCL (gloo beside it for host flags) for GPUs."""
     if requested == "auto":
@@ -194,14 +184,12 @@ def start(build: Callable[[Sequence[str]], Any], overrides: Sequence[str]):
     """
     w = from_environment()
     if not w.active:
-        cfg = build(overrides)
-        check_settings(cfg)
+        cfg = build(overrides)  # validated there (mwm.config.validate), the dist block included
         completed = resolve_overrides(cfg, overrides, w)
         return (build(completed) if completed != list(overrides) else cfg), completed
     cfg, error, backend, timeout = None, None, "gloo", 600.0
     try:
         cfg = build(overrides)
-        check_settings(cfg)
         from mwm.runtime import resolve_device
 
         timeout = float(cfg.dist.timeout)
