@@ -531,9 +531,13 @@ def reduce_logged(logger) -> None:
                            for name, values in merged.items()})
 
 
-def close() -> None:
-    """Leave the process group (end of training)."""
+def close(finished: bool = False) -> None:
+    """Leave the process group (end of training). ``finished``: every rank got to the end, so
+    they first wait for each other: a rank that tears its group down while another still
+    talks to it can abort in gloo's threads ("terminate called without an active exception")."""
     global _world
     if _world.active and torch.distributed.is_initialized():
+        if finished:
+            _collective(torch.distributed.barrier)
         torch.distributed.destroy_process_group()
     _world = World()

@@ -185,11 +185,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                    resume=args.resume), cfg)
     stop = StopFlag()
     stop.install()
+    finished = False
     try:
-        return train(run, stop)
+        code = train(run, stop)
+        finished = True
+        return code
     finally:
         run.close()
-        distributed.close()
+        distributed.close(finished)
 
 
 def train(run: RunDir, stop: StopFlag) -> int:
