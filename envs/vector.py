@@ -40,6 +40,10 @@ class VectorEnv:
         safe); False, or num_envs == 1, steps them in this process (SyncVectorEnv).
     timeout: seconds a worker step or reset may take before it counts as crashed.
     max_restarts: consecutive worker restarts tolerated before raising UserError.
+    seed_stride: after k restarts env i is seeded with seed + k * seed_stride + i; by default
+        num_envs. Processes that split one seed range between them (torchrun ranks: rank r
+        starts at seed + r * num_envs) pass num_envs times their number, so that a restart
+        never repeats another process's seeds.
     overrides: passed to `envs.make` for every env.
     """
 
@@ -52,11 +56,13 @@ class VectorEnv:
         timeout: float = 60.0,
         max_restarts: int = 3,
         context: str | None = "spawn",
+        seed_stride: int | None = None,
         **overrides,
     ) -> None:
         self._name = name
         self._num_envs = check_int("num_envs", num_envs, 1)
         self._seed = seed
+        self._seed_stride = self._num_envs if seed_stride is None else check_int("seed_stride", seed_stride, 1)
         self._parallel = bool(parallel) and self._num_envs > 1
         self._timeout = float(timeout)
         self._max_restarts = check_int("max_restarts", max_restarts, 0)
@@ -165,7 +171,7 @@ class VectorEnv:
         """Reset all envs (seeding on the first call and after a restart)."""
         seed = None
         if not self._started and self._seed is not None:
-            seed = self._seed + self.restarts * self._num_envs  # env i: seed + i (+ k N after k restarts)
+            seed = self._seed + self.restarts * self._seed_stride  # env i: seed + i (+ k stride after k restarts)
         if self._parallel:
             self._env.reset_async(seed=seed)
             obs, _ = self._env.reset_wait(timeout=self._timeout)

@@ -412,7 +412,8 @@ def build(run: RunDir):
     env = eval_env = agent = None
     try:
         rank_seed = distributed.rank_seed(r.seed, r.envs)  # r.seed with one process
-        env = VectorEnv(r.env, r.envs, seed=rank_seed, parallel=r.parallel, **run.env_kwargs())
+        env = VectorEnv(r.env, r.envs, seed=rank_seed, parallel=r.parallel,
+                        seed_stride=r.envs * distributed.world().size, **run.env_kwargs())
         replay = Replay(distributed.replay_dir(run.path / "replay"), capacity=cfg.replay.capacity, seed=rank_seed)
         replay.load(image_shape=env.obs_space["image"].shape)  # episodes of another image shape: refused
         if r.eval_every and distributed.world().writer:

@@ -142,3 +142,23 @@ def test_too_many_failures_raise_a_user_error():
             vector.step(np.ones(2, np.int64))
     finally:
         vector.close()
+
+
+def test_a_restart_seeds_past_every_process_that_shares_the_seed_range():
+    # torchrun rank 0 of two, two envs each: rank 1 took seeds 2 and 3, so rank 0's first
+    # restart must seed 4 and 5 (with the default stride it would repeat rank 1's 2 and 3)
+    vector = VectorEnv("toy_catch", 2, seed=0, seed_stride=4)
+    try:
+        vector.reset()
+        vector.step(np.ones(2, np.int64))
+        os.kill(vector._env.processes[0].pid, signal.SIGKILL)
+        restarted = vector.step(np.ones(2, np.int64))["image"]
+    finally:
+        vector.close()
+    fresh = {}
+    for seed in (2, 4):
+        single = VectorEnv("toy_catch", 2, seed=seed, parallel=False)
+        fresh[seed] = single.reset()["image"]
+        single.close()
+    assert not np.array_equal(fresh[2], fresh[4])  # the seeds are told apart by their first frames
+    np.testing.assert_array_equal(restarted, fresh[4])

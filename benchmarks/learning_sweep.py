@@ -1,0 +1,205 @@
+"""The small-object sweep of the learning benchmark: final return against object size.
+
+``benchmarks/learning.py`` scores agents at one toy_catch setting per command (object
+size, drift). This script gathers its result files across settings into one table and
+one figure:
+
+    python benchmarks/learning.py --object-size 8 --logdir runs/bench-8px    # one size per command
+    python benchmarks/learning_sweep.py runs/bench-learning/learning.json runs/bench-*px/*.json \\
+        --out sweep.json --plot sweep.png
+
+Files of the same setting are merged, so agents trained by separate commands into one
+logdir (``--agents curl --out curl.json``, ``--agents mwm --out mwm.json``) make one
+column. Merging recomputes each agent's figure from its runs' final means (the mean of
+seed means with its 95% bootstrap interval, none from fewer than 3 seeds), exactly as
+one command over all the agents would. An agent found twice at one setting, or two
+files of one setting whose random-policy baselines differ (other seeds, episodes or
+env), is refused: their runs are not comparable.
+
+Prints a table per agent and setting (Markdown too, for the docs), writes the merged
+results as JSON (``--out``) and a PNG of final return against object size (``--plot``),
+one panel per drift speed, the random policy as a grey band.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import learning  # noqa: E402
+from benchmarks._figures import save_png  # noqa: E402
+from mwm.atomic import atomic_write_text  # noqa: E402
+from mwm.errors import UserError  # noqa: E402
+
+# What must agree for two result files to be one setting of the sweep.
+SETTING_KEYS = ("env", "setting", "steps", "object_size", "drift", "final_episodes", "overrides")
+
+
+def setting_of(result: dict) -> tuple:
+    return tuple(json.dumps(result.get(key)) for key in SETTING_KEYS)
+
+
+def label(result: dict) -> str:
+    """A setting's column name: '8 px', '16 px, drift 1'."""
+    text = f"{result['object_size']} px" if result.get("object_size") else result["env"]
+    return text + (f", drift {result['drift']:g}" if result.get("drift") else "")
+
+
+def merge(results: list, names: list) -> dict:
+    """One learning result from several files of the same setting (``names`` for errors):
+    the union of their runs, every agent's figure recomputed from its runs."""
+    first = results[0]
+    for result, name in zip(results[1:], names[1:]):
+        if not np.allclose(result["random"]["seed_means"], first["random"]["seed_means"]):
+            raise UserError(f"{names[0]} and {name} ({label(first)}) have different random-policy baselines "
+                            "(other seeds or episodes): train both with the same --seeds and --random-episodes")
+    runs, agents, seen = [], [], {}
+    for result, name in zip(results, names):
+        for agent in result["agents"]:
+            if agent in seen:
+                raise UserError(f"{agent} at {label(first)} is in both {seen[agent]} and {name}: pass one of them")
+            seen[agent] = name
+            agents.append(agent)
+        runs += result["runs"]
+    args = SimpleNamespace(agents=agents, seeds=sorted({run["seed"] for run in runs}),
+                           random_episodes=first["random_episodes_per_group"],
+                           **{key: first[key] for key in SETTING_KEYS})
+    return learning.summarise(args, runs, first["random"]["seed_means"])
+
+
+def sweep(paths: list) -> dict:
+    """Merged results by setting, ordered by drift, then from the largest object to the smallest."""
+    by_setting: dict = {}
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot read the learning result {path} ({error}): pass files written by "
+                            "benchmarks/learning.py") from None
+        if not isinstance(result, dict) or "agents" not in result or "random" not in result:
+            raise UserError(f"{path} is not a result of benchmarks/learning.py: pass the JSON its --out wrote")
+        by_setting.setdefault(setting_of(result), []).append((result, str(path)))
+    merged = [merge([r for r, _ in group], [n for _, n in group]) for group in by_setting.values()]
+    merged.sort(key=lambda r: (r.get("drift") or 0.0, -(r.get("object_size") or 0)))
+    return {"settings": [label(r) for r in merged], "results": merged}
+
+
+def agent_names(swept: dict) -> list:
+    names: list = []
+    for result in swept["results"]:
+        names += [name for name in result["agents"] if name not in names]
+    return names
+
+
+def cell(group: dict, random: dict = None) -> str:
+    """'+2.73 [+1.80, +4.07]' (with ' >rnd' when the interval lies above the random policy's),
+    or the values alone below 3 seeds."""
+    if group is None:
+        return "-"
+    if group["ci95"] is None:
+        return f"{group['mean']:+.2f} (n={group['n']}: " + ", ".join(f"{v:+.2f}" for v in group["seed_means"]) + ")"
+    above = random is not None and random["ci95"] is not None and group["ci95"][0] > random["ci95"][1]
+    return f"{group['mean']:+.2f} [{group['ci95'][0]:+.2f}, {group['ci95'][1]:+.2f}]" + (" >rnd" if above else "")
+
+
+def rows(swept: dict) -> list:
+    """[agent, cell per setting] for every agent, then the random policy."""
+    table = []
+    for name in agent_names(swept):
+        table.append([name] + [cell(r["agents"].get(name), r["random"]) for r in swept["results"]])
+    table.append(["random"] + [cell(r["random"]) for r in swept["results"]])
+    return table
+
+
+def markdown(swept: dict) -> str:
+    lines = ["| agent | " + " | ".join(swept["settings"]) + " |",
+             "|---|" + "---|" * len(swept["settings"])]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(swept)]
+    return "\n".join(lines)
+
+
+def print_table(swept: dict) -> None:
+    first = swept["results"][0]
+    print(f"\n{first['env']}, setting {first['setting']}, {first['steps']} agent steps; final policy: "
+          f"{first['final_episodes']} episodes per seed; mean of seed means [95% bootstrap CI over seeds]; "
+          "'>rnd': the interval lies above the random policy's")
+    width = max(34, *(len(c) for row in rows(swept) for c in row[1:]))
+    print(f"{'agent':<10} | " + " | ".join(f"{s:<{width}}" for s in swept["settings"]))
+    for row in rows(swept):
+        print(f"{row[0]:<10} | " + " | ".join(f"{c:<{width}}" for c in row[1:]))
+
+
+def figure(swept: dict):
+    """Final return against object size (largest left), one panel per drift speed: per agent
+    the mean of seed means with its 95% interval and the seed means as dots; random in grey."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drifts = sorted({r.get("drift") or 0.0 for r in swept["results"]})
+    fig, axes = plt.subplots(1, len(drifts), figsize=(5.5 * len(drifts), 4), squeeze=False, sharey=True)
+    colours = dict(zip(agent_names(swept), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, drift in zip(axes[0], drifts):
+        mine = [r for r in swept["results"] if (r.get("drift") or 0.0) == drift]
+        sizes = [r["object_size"] for r in mine]
+        randoms = [r["random"] for r in mine]
+        lows = [g["ci95"][0] if g["ci95"] else min(g["seed_means"]) for g in randoms]
+        highs = [g["ci95"][1] if g["ci95"] else max(g["seed_means"]) for g in randoms]
+        if len(sizes) > 1:
+            ax.fill_between(sizes, lows, highs, color="grey", alpha=0.3, label="random policy")
+        else:
+            ax.axhspan(lows[0], highs[0], color="grey", alpha=0.3, label="random policy")
+        for name, colour in colours.items():
+            points = [(r["object_size"], r["agents"][name]) for r in mine if name in r["agents"]]
+            if not points:
+                continue
+            xs, groups = zip(*points)
+            ax.plot(xs, [g["mean"] for g in groups], color=colour, marker="o", label=name)
+            for x, g in points:
+                ax.scatter([x] * g["n"], g["seed_means"], color=colour, s=10, alpha=0.5, zorder=3)
+                if g["ci95"]:
+                    ax.errorbar(x, g["mean"], yerr=[[g["mean"] - g["ci95"][0]], [g["ci95"][1] - g["mean"]]],
+                                color=colour, capsize=4)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(set(sizes)), [str(s) for s in sorted(set(sizes))])
+        ax.set_xlim(max(sizes) * 1.4, min(sizes) / 1.4)  # large objects on the left
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set(xlabel="object size (px, smaller to the right)", ylabel="final-policy return (higher is better)",
+               title=f"{mine[0]['env']}, {mine[0]['steps']} steps" + (f", drift {drift:g}" if drift else ""))
+        ax.legend(fontsize=8)
+    return fig
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="JSON files written by benchmarks/learning.py (its --out)")
+    p.add_argument("--out", help="merged sweep as JSON")
+    p.add_argument("--plot", help="PNG of final return against object size")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    swept = sweep(args.results)
+    print_table(swept)
+    print("\n" + markdown(swept))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(learning.to_json(swept), indent=2))
+        print(f"json: {args.out}")
+    if args.plot:
+        save_png(figure(swept), args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    from mwm import cli
+
+    cli.run_main(lambda: main())

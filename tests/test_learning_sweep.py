@@ -1,0 +1,89 @@
+"""benchmarks/learning_sweep.py: merging learning results across commands and settings."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import learning, learning_sweep  # noqa: E402
+from mwm.errors import UserError  # noqa: E402
+
+RANDOM = [-1.0, -0.6, -0.8]
+
+
+def _result(tmp_path, name, agents: dict, size=16, drift=0.0, random=RANDOM):
+    """A saved learning.py result of ``agents`` (agent -> final means by seed)."""
+    argv = ["--agents", *agents, "--object-size", str(size), "--drift", str(drift)]
+    args = learning.parse_args(argv)
+    runs = [{"agent": agent, "seed": seed, "final_mean": value, "agent_steps_per_s": 10.0, "minutes": 1.0,
+             "evals": [[1000, value]]} for agent, finals in agents.items() for seed, value in enumerate(finals)]
+    path = tmp_path / name
+    path.write_text(json.dumps(learning.summarise(args, runs, random)))
+    return str(path)
+
+
+def test_agents_of_separate_commands_merge_into_the_figures_one_command_gives(tmp_path):
+    curl = _result(tmp_path, "curl.json", {"curl": [2.0, 1.8, 4.0]})
+    mwm = _result(tmp_path, "mwm.json", {"mwm": [0.0, -2.0, 2.5]})
+    both = json.loads(Path(_result(tmp_path, "both.json", {"curl": [2.0, 1.8, 4.0], "mwm": [0.0, -2.0, 2.5]})).read_text())
+    swept = learning_sweep.sweep([curl, mwm])
+    assert swept["settings"] == ["16 px"]
+    merged = swept["results"][0]
+    for agent in ("curl", "mwm"):
+        assert merged["agents"][agent]["mean"] == pytest.approx(both["agents"][agent]["mean"])
+        assert merged["agents"][agent]["ci95"] == pytest.approx(both["agents"][agent]["ci95"])
+        assert merged["agents"][agent]["beats_random"] == both["agents"][agent]["beats_random"]
+    assert merged["agents"]["curl"]["beats_random"] and not merged["agents"]["mwm"]["beats_random"]
+
+
+def test_settings_are_columns_from_the_largest_object_to_the_smallest_then_drift(tmp_path):
+    files = [_result(tmp_path, "o2.json", {"curl": [-0.9, -0.5, -1.0]}, size=2),
+             _result(tmp_path, "d16.json", {"curl": [1.0, 1.2]}, size=16, drift=1.0),
+             _result(tmp_path, "o16.json", {"curl": [2.0, 1.8, 4.0]}, size=16),
+             _result(tmp_path, "o8.json", {"curl": [1.0, 2.0, 1.5], "mwm": [-1.0, -2.0]}, size=8)]
+    swept = learning_sweep.sweep(files)
+    assert swept["settings"] == ["16 px", "8 px", "2 px", "16 px, drift 1"]
+    table = {row[0]: row[1:] for row in learning_sweep.rows(swept)}
+    assert table["curl"][0].endswith(">rnd")  # 16 px: its interval lies above random's
+    assert not table["curl"][2].endswith(">rnd")  # 2 px: it does not
+    assert table["curl"][3] == "+1.10 (n=2: +1.00, +1.20)"  # no interval from two seeds
+    assert table["mwm"] == ["-", "-1.50 (n=2: -1.00, -2.00)", "-", "-"]  # run at one size only
+    assert table["random"][0].startswith("-0.80 [")
+
+
+def test_an_agent_found_twice_at_one_setting_is_refused(tmp_path):
+    a = _result(tmp_path, "a.json", {"curl": [2.0, 1.8, 4.0]})
+    b = _result(tmp_path, "b.json", {"curl": [1.0, 1.0, 1.0]})
+    with pytest.raises(UserError, match="curl at 16 px is in both .*a.json and .*b.json"):
+        learning_sweep.sweep([a, b])
+
+
+def test_results_with_different_random_baselines_are_not_merged(tmp_path):
+    a = _result(tmp_path, "a.json", {"curl": [2.0, 1.8, 4.0]})
+    b = _result(tmp_path, "b.json", {"mwm": [1.0, 1.0, 1.0]}, random=[-1.0, -0.6, -0.5])
+    with pytest.raises(UserError, match="different random-policy baselines"):
+        learning_sweep.sweep([a, b])
+
+
+def test_the_figure_plots_each_agents_mean_against_object_size(tmp_path, capsys):
+    files = [_result(tmp_path, f"o{size}.json", {"curl": finals}, size=size)
+             for size, finals in ((16, [2.0, 1.8, 4.0]), (4, [0.0, 0.5, -0.5]))]
+    fig = learning_sweep.figure(learning_sweep.sweep(files))
+    (ax,) = fig.axes
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "curl"]
+    assert list(line.get_xdata()) == [16, 4] and list(line.get_ydata()) == pytest.approx([2.6, 0.0])
+    assert ax.get_xlim()[0] > ax.get_xlim()[1]  # large objects on the left
+    out, plot = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    assert learning_sweep.main([*files, "--out", str(out), "--plot", str(plot)]) == 0
+    assert plot.stat().st_size > 0 and json.loads(out.read_text())["settings"] == ["16 px", "4 px"]
+    assert "| curl | +2.60 [" in capsys.readouterr().out
+
+
+def test_a_file_that_is_not_a_learning_result_is_one_clear_error(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": []}))
+    with pytest.raises(UserError, match="not a result of benchmarks/learning.py"):
+        learning_sweep.sweep([str(other)])
