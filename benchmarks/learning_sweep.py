@@ -8,7 +8,8 @@ one figure:
     python benchmarks/learning_sweep.py runs/bench-learning/learning.json runs/bench-*px/*.json \\
         --out sweep.json --plot sweep.png
 
-Files of the same setting are merged, so agents trained by separate commands into one
+Every file must share one protocol (env, setting, steps, final episodes, extra flags);
+the settings are the object size and the drift. Files of the same setting are merged, so agents trained by separate commands into one
 logdir (``--agents curl --out curl.json``, ``--agents mwm --out mwm.json``) make one
 column. Merging recomputes each agent's figure from its runs' final means (the mean of
 seed means with its 95% bootstrap interval, none from fewer than 3 seeds), exactly as
@@ -39,8 +40,9 @@ from benchmarks._figures import save_png  # noqa: E402
 from mwm.atomic import atomic_write_text  # noqa: E402
 from mwm.errors import UserError  # noqa: E402
 
-# What must agree for two result files to be one setting of the sweep.
-SETTING_KEYS = ("env", "setting", "steps", "object_size", "drift", "final_episodes", "overrides")
+# What every file of a sweep shares (its protocol), and what tells its settings apart.
+PROTOCOL_KEYS = ("env", "setting", "steps", "final_episodes", "overrides")
+SETTING_KEYS = (*PROTOCOL_KEYS, "object_size", "drift")
 
 
 def setting_of(result: dict) -> tuple:
@@ -87,6 +89,11 @@ def sweep(paths: list) -> dict:
         if not isinstance(result, dict) or "agents" not in result or "random" not in result:
             raise UserError(f"{path} is not a result of benchmarks/learning.py: pass the JSON its --out wrote")
         by_setting.setdefault(setting_of(result), []).append((result, str(path)))
+        first, first_path = next(iter(by_setting.values()))[0]
+        for key in PROTOCOL_KEYS:
+            if result.get(key) != first.get(key):
+                raise UserError(f"{first_path} and {path} differ in {key} ({first.get(key)} vs {result.get(key)}): "
+                                "a sweep compares object sizes and drift under one protocol; pass files of one")
     merged = [merge([r for r, _ in group], [n for _, n in group]) for group in by_setting.values()]
     merged.sort(key=lambda r: (r.get("drift") or 0.0, -(r.get("object_size") or 0)))
     return {"settings": [label(r) for r in merged], "results": merged}

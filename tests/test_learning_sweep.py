@@ -14,9 +14,9 @@ from mwm.errors import UserError  # noqa: E402
 RANDOM = [-1.0, -0.6, -0.8]
 
 
-def _result(tmp_path, name, agents: dict, size=16, drift=0.0, random=RANDOM):
+def _result(tmp_path, name, agents: dict, size=16, drift=0.0, random=RANDOM, steps=8000):
     """A saved learning.py result of ``agents`` (agent -> final means by seed)."""
-    argv = ["--agents", *agents, "--object-size", str(size), "--drift", str(drift)]
+    argv = ["--agents", *agents, "--object-size", str(size), "--drift", str(drift), "--steps", str(steps)]
     args = learning.parse_args(argv)
     runs = [{"agent": agent, "seed": seed, "final_mean": value, "agent_steps_per_s": 10.0, "minutes": 1.0,
              "evals": [[1000, value]]} for agent, finals in agents.items() for seed, value in enumerate(finals)]
@@ -87,3 +87,10 @@ def test_a_file_that_is_not_a_learning_result_is_one_clear_error(tmp_path):
     other.write_text(json.dumps({"rows": []}))
     with pytest.raises(UserError, match="not a result of benchmarks/learning.py"):
         learning_sweep.sweep([str(other)])
+
+
+def test_files_of_another_protocol_are_not_columns_of_one_sweep(tmp_path):
+    a = _result(tmp_path, "a.json", {"curl": [2.0, 1.8, 4.0]}, size=16)
+    b = _result(tmp_path, "b.json", {"curl": [1.0, 1.0, 1.0]}, size=8, steps=12000)
+    with pytest.raises(UserError, match="differ in steps .8000 vs 12000."):
+        learning_sweep.sweep([a, b])
