@@ -189,7 +189,8 @@ def use_flatten_pool(agent, cfg) -> None:
 
 def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, object]:
     """One whole episode through the world model: ``inputs`` it reads, flattened (T, n), the
-    encoder's ``embed`` (T, E), the posterior features ``feat`` (T, F) and the reward head's
+    encoder's ``embed`` (T, E), the posterior features ``feat`` (T, F), the decoder's
+    reconstruction of the inputs from them ``decoded`` (T, n) and the reward head's
     squashed predictions ``head`` (T,); with ``wm.embed_reward_scale`` > 0 also those of the
     reward head on the encoder's output, ``embed_head`` (T,)."""
     import torch
@@ -203,7 +204,8 @@ def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, objec
     embed = wm.encoder(inputs)  # (1, T, E)
     post, _ = wm.rssm.observe(embed, action, is_first)
     feat = wm.feature(post)  # (1, T, F)
-    out = {"inputs": inputs[0].flatten(1), "embed": embed[0], "feat": feat[0], "head": wm.reward_head(feat)[0]}
+    out = {"inputs": inputs[0].flatten(1), "embed": embed[0], "feat": feat[0], "head": wm.reward_head(feat)[0],
+           "decoded": wm.decoder(feat)[0].flatten(1)}
     if getattr(wm, "embed_reward_head", None) is not None:
         out["embed_head"] = wm.embed_reward_head(embed)[0]
     return out
@@ -259,14 +261,15 @@ def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], thre
     if targets_available:
         y_train = np.concatenate([probe_targets(episode) for episode in probe_eps])  # (N, 3)
         y_test = np.concatenate([probe_targets(episode) for episode in held_eps])
-        # the posterior features, the encoder's embedding and (where narrow enough) the inputs
-        for name, key in (("probe", "feat"), ("embed", "embed"), ("inputs", "inputs")):
-            if key == "inputs" and held[0][key].shape[1] > INPUT_PROBE_MAX_DIM:
+        # the posterior features, the encoder's embedding and (where narrow enough: MWM's tokens,
+        # not pixels) the inputs and the decoder's reconstruction of them from the posterior
+        for name, key in (("probe", "feat"), ("embed", "embed"), ("inputs", "inputs"), ("decoded", "decoded")):
+            if key in ("inputs", "decoded") and held[0][key].shape[1] > INPUT_PROBE_MAX_DIM:
                 continue
             r2 = ridge_r2(np.concatenate([o[key] for o in train]), y_train,
                           np.concatenate([o[key] for o in held]), y_test)
             out.update({f"{name}_r2_paddle": r2[0], f"{name}_r2_object": r2[1], f"{name}_r2_offset": r2[2]})
-            if key != "inputs" and held[0][key].shape[1] <= SMALL_RIDGE_MAX_DIM:
+            if key in ("feat", "embed") and held[0][key].shape[1] <= SMALL_RIDGE_MAX_DIM:
                 r2 = ridge_r2(np.concatenate([o[key] for o in train]), y_train,
                               np.concatenate([o[key] for o in held]), y_test, SMALL_RIDGE)
                 out.update({f"{name}_r2s_paddle": r2[0], f"{name}_r2s_object": r2[1], f"{name}_r2s_offset": r2[2]})
@@ -410,6 +413,8 @@ def encoder_columns(c: Dict) -> str:
     text = f" | encoder: pad {fmt(c['embed_r2_paddle'], 5)}"
     if "embed_r2s_paddle" in c:  # the near-unregularised probe
         text += f" (small ridge: pad {fmt(c['embed_r2s_paddle'], 5)} off {fmt(c['embed_r2s_offset'], 5)})"
+    if "decoded_r2_paddle" in c:
+        text += f" | decoded: pad {fmt(c['decoded_r2_paddle'], 5)} off {fmt(c['decoded_r2_offset'], 5)}"
     if "embed_head_loss_ratio" in c:
         text += f" r/0 {fmt(c['embed_head_loss_ratio'], 5)} sign {fmt(c['embed_head_sign_acc'], 5)}"
     return text

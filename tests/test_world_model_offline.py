@@ -81,6 +81,8 @@ def test_a_few_updates_score_held_out_episodes_only(tmp_path):
     assert closed["reward_loss"] >= 0 and "probe_r2_offset" in closed
     assert variant["curve"][-1]["open_loop"]["reward_events_true"] >= 0
     assert "embed_head_loss_ratio" not in closed and "embed_r2s_offset" in closed
+    # the chain inputs -> encoder -> posterior -> decoder is probed link by link (tokens are narrow enough)
+    assert all(f"{link}_r2_paddle" in closed for link in ("inputs", "embed", "probe", "decoded"))
     # the reward head on the encoder's output is scored like the RSSM's
     closed = result["variants"][1]["curve"][-1]["closed_loop"]
     assert closed["embed_head_loss_ratio"] >= 0 and 0 <= closed["embed_head_sign_acc"] <= 1
