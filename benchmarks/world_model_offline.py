@@ -23,8 +23,12 @@ episode, never trained on):
   training episodes and scored on held-out ones. A low R^2 for the difference means
   the latent does not hold what the reward depends on. The same probe on the world
   model's inputs (MWM's tokens; not pixels, too wide) says whether the information was
-  there to be read, and the probe on the encoder's embedding (before the RSSM) whether
-  the encoder or the RSSM loses it;
+  there to be read, the probe on the encoder's embedding (before the RSSM) whether
+  the encoder or the RSSM loses it, and the probe on the decoder's reconstruction of
+  the inputs from the posterior whether the decoder can express it. Where the inputs
+  are narrow enough, also the share of their variance that the paddle's column, the
+  object's position and both explain (``inputs_var_*``): how much a reconstruction
+  loss on them asks for each;
 - the training reward loss (mean over the last ``--every`` updates) over the
   predict-zero loss of the same batches, and the KL.
 
@@ -44,6 +48,14 @@ the world model).
 ``--encoder-pool flatten`` tries an encoder the library does not have yet (MWM and
 SiamMAE): the flat-ViT encoder's mean over tokens is replaced by one linear map of all
 its output tokens, which keeps where each thing is (:class:`FlattenPoolEncoder`).
+
+``--score RUN [RUN ...]`` trains nothing: it scores the world model of trained runs
+(each run's newest checkpoint, built at ``--setting`` with the flags after ``--``, as
+the run was trained) on the held-out episodes the same way, to see where a learning
+run's world model loses the paddle:
+
+    python benchmarks/world_model_offline.py --replay runs/bench16/toy_catch-o16-curl-seed0/replay \
+        --agent mwm --score runs/bench16/toy_catch-o16-mwm-seed0 runs/bench16/toy_catch-o16-mwm-seed2
 
 A variant is ``NAME: FLAGS``, flags as for ``mwm.train`` (``--key value`` pairs),
 added to the agent's learning-benchmark setting (``--setting``); extra flags for every
@@ -74,6 +86,7 @@ from benchmarks._figures import save_png  # noqa: E402
 from benchmarks.learning import SETTINGS, merge_flags  # noqa: E402
 from benchmarks.world_model import DREAMER_FAMILY, to_json, write_result  # noqa: E402
 from mwm.atomic import atomic_write_text  # noqa: E402
+from mwm.errors import UserError  # noqa: E402
 
 PROBE_RIDGE = 1e-2  # ridge penalty of the probe, relative to the features' mean variance
 # A near-unregularised probe of the narrow features (embedding, posterior): the relative
@@ -234,6 +247,21 @@ def probe_targets(episode: Dict[str, np.ndarray]) -> np.ndarray | None:
     return np.stack([paddle, obj, obj - paddle], axis=1).astype(np.float64)
 
 
+def variance_share(x: np.ndarray, labels: np.ndarray) -> float:
+    """The share of the summed variance of ``x`` (N, F) that the categories ``labels`` (N, K)
+    explain: 1 - residual / total variance of a least-squares fit on their one-hot codes
+    (each column of ``labels`` coded apart, plus a constant). How much a reconstruction
+    loss on ``x`` asks for what the labels hold."""
+    codes = [np.ones((len(x), 1))]
+    for column in labels.T:
+        _, index = np.unique(column, return_inverse=True)
+        codes.append(np.eye(index.max() + 1)[index][:, 1:])  # one level dropped: the constant holds it
+    design = np.concatenate(codes, axis=1)
+    coef, *_ = np.linalg.lstsq(design, x, rcond=None)
+    total = x.var(0).sum()
+    return float(1 - (x - design @ coef).var(0).sum() / total) if total > 0 else float("nan")
+
+
 def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], threshold: float) -> Dict[str, float]:
     """Reward predictions from the posterior of whole held-out episodes, and the probe."""
     import torch
@@ -273,6 +301,14 @@ def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], thre
                 r2 = ridge_r2(np.concatenate([o[key] for o in train]), y_train,
                               np.concatenate([o[key] for o in held]), y_test, SMALL_RIDGE)
                 out.update({f"{name}_r2s_paddle": r2[0], f"{name}_r2s_object": r2[1], f"{name}_r2s_offset": r2[2]})
+        if held[0]["inputs"].shape[1] <= INPUT_PROBE_MAX_DIM:  # how much of the inputs the objects make up
+            inputs = np.concatenate([o["inputs"] for o in train + held])
+            episodes = [*probe_eps, *held_eps]
+            paddle = np.concatenate([ep["paddle_pos"][:, 1:2] for ep in episodes])  # (N, 1) column
+            obj = np.concatenate([ep["object_pos"] for ep in episodes])  # (N, 2) row, column
+            out["inputs_var_paddle"] = variance_share(inputs, paddle)
+            out["inputs_var_object"] = variance_share(inputs, obj)
+            out["inputs_var_both"] = variance_share(inputs, np.concatenate([paddle, obj], axis=1))
     return out
 
 
@@ -378,6 +414,41 @@ def train_variant(name: str, flags: List[str], args, train: List, held: List, pr
             "seconds": time.time() - start, "curve": curve}
 
 
+def score_run(run: str, args, train: List, held: List) -> Dict:
+    """A trained run's world model (its newest checkpoint), scored once as a variant would be."""
+    import torch
+
+    from mwm import diagnostics
+    from mwm.checkpoint import load_latest
+
+    state, path = load_latest(str(Path(run) / "checkpoints"))
+    if state is None:
+        raise UserError(f"no checkpoint in {run}/checkpoints: pass the folder of a run of mwm.train")
+    cfg = build_config(args.agent, args.setting, args.env, args.overrides)
+    agent = make_world_model_agent(cfg, args.seed)
+    try:
+        try:
+            agent.load_state_dict(state["agent"])
+        except (RuntimeError, KeyError) as error:
+            raise UserError(f"{path} is not a {args.agent} of setting {args.setting} with flags {args.overrides} "
+                            f"({str(error).splitlines()[0]}): pass --agent and, after --, the flags the run was "
+                            "trained with") from None
+        held_eps = [ep for _, ep in held]
+        windows = diagnostics.cut_windows(held_eps, diagnostics.CONTEXT + diagnostics.HORIZON, args.sequences,
+                                          np.random.default_rng(args.seed))
+        windows = {key: torch.as_tensor(windows[key]) for key in diagnostics.SEQUENCE_KEYS}
+        point = {"updates": int(state["counters"].get("updates", 0)), "seconds": 0.0,
+                 "train_reward_loss": float("nan"), "train_zero_loss": float("nan"),
+                 "open_loop": open_loop_scores(agent, windows, args.threshold),
+                 "closed_loop": closed_loop(agent, [ep for _, ep in train], held_eps, args.threshold)}
+    finally:
+        agent.close()
+    name = Path(run).name
+    print_row(name[-22:], point, flush=True)  # a run's name ends with what tells it apart (agent, seed)
+    return {"name": name, "label": name[-22:], "checkpoint": str(path), "flags": [], "config_overrides": list(args.overrides),
+            "seconds": 0.0, "curve": [point]}
+
+
 # ------------------------------------------------------------------ output
 
 
@@ -421,8 +492,10 @@ def encoder_columns(c: Dict) -> str:
 
 
 def print_table(result: Dict) -> None:
-    print(f"\n{result['agent']} world model, {result['updates']} updates on {result['train_episodes']} episodes of "
-          f"{result['replay']}; scored on {result['held_out_episodes']} held-out episodes")
+    trained = (f"{result['updates']} updates on {result['train_episodes']} episodes of {result['replay']}"
+               if result["updates"] else f"trained runs' (probes fitted on {result['train_episodes']} episodes "
+               f"of {result['replay']})")
+    print(f"\n{result['agent']} world model, {trained}; scored on {result['held_out_episodes']} held-out episodes")
     print("train r/0, closed r/0: reward loss over the loss of predicting 0 (below 1: it learned something); "
           "recall / sign: reward events found / of the right sign; R2: probe of paddle, object, object - paddle "
           "from the posterior features; em off, in off: of object - paddle from the encoder's embedding, "
@@ -430,7 +503,7 @@ def print_table(result: Dict) -> None:
     print(HEADER)
     for variant in result["variants"]:
         for point in variant["curve"]:
-            print_row(variant["name"], point)
+            print_row(variant.get("label", variant["name"]), point)
 
 
 def plot(result: Dict, path: str) -> None:
@@ -482,6 +555,9 @@ def parse_args(argv=None):
     p.add_argument("--setting", default="cpu", choices=sorted(SETTINGS), help="benchmarks/learning.py setting")
     p.add_argument("--variant", dest="variants", action="append", type=parse_variant,
                    help="'NAME: FLAGS' (repeatable); default one variant 'setting' with no extra flags")
+    p.add_argument("--score", nargs="+", metavar="RUN",
+                   help="train nothing: score the world model of each trained run (its newest checkpoint, built "
+                        "at --setting with the flags after --) on the held-out episodes")
     p.add_argument("--updates", type=int, default=2000, help="world-model updates per variant")
     p.add_argument("--every", type=int, default=250, help="score every this many updates")
     p.add_argument("--representation-updates", type=int, default=1, choices=(0, 1),
@@ -498,6 +574,8 @@ def parse_args(argv=None):
     p.add_argument("--plot", help="PNG path (default: --out with .png), or 'none'")
     p.add_argument("overrides", nargs="*", help="flags for every variant, after --, e.g. -- --replay.batch 32")
     args = p.parse_args(argv)
+    if args.score and args.variants:
+        p.error("--score scores trained runs as they are: drop --variant (flags after -- say how they were built)")
     args.variants = args.variants or [("setting", [])]
     if min(args.updates, args.every, args.sequences) < 1 or args.holdout_every < 2:
         p.error("--updates, --every and --sequences must be at least 1, --holdout-every at least 2")
@@ -524,6 +602,13 @@ def main(argv=None) -> int:
               "held_out_files": [name for name, _ in held], "variants": []}
     print(f"{len(train)} training and {len(held)} held-out episodes from {args.replay}")
     print(HEADER)
+    for run in args.score or []:
+        result["variants"].append(score_run(run, args, train, held))
+    if args.score:
+        result["updates"] = None
+        print_table(result)
+        write_result(result, args.out, plot, args.plot)
+        return 0
     pretrained: Dict = {}  # autoencoders pre-trained in this process, by their flags
     for name, flags in args.variants:
         result["variants"].append(train_variant(name, flags, args, train, held, pretrained))
@@ -534,4 +619,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mwm import cli
+
+    cli.run_main(lambda: main())

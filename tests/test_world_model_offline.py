@@ -100,3 +100,52 @@ def test_the_flatten_pool_encoder_keeps_the_width_and_reads_every_position():
     assert out.shape == (2, 3, 16)
     swapped = tokens[:, :, [1, 0, 2, 3, 4]]  # the same contents, two positions exchanged
     assert not torch.allclose(encoder(swapped), out)
+
+
+def test_variance_share_is_the_share_of_the_variance_the_categories_explain():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (4000, 1))
+    explained = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])[labels[:, 0]]  # variance 2, set by the label alone
+    noise = rng.normal(0.0, np.sqrt(2.0), 4000)  # as much variance, unrelated to it
+    assert offline.variance_share(np.stack([explained, noise], 1), labels) == pytest.approx(0.5, abs=0.03)
+    assert offline.variance_share(explained[:, None], labels) == pytest.approx(1.0)
+    assert offline.variance_share(noise[:, None], labels) == pytest.approx(0.0, abs=0.01)
+
+
+SCORE_FLAGS = ["--", "--run.pretrain", "2", "--replay.batch", "2", "--replay.length", "8",
+               "--mae.batch", "2", "--mae.length", "4", "--rssm.deter", "16", "--rssm.hidden", "16"]
+
+
+def test_a_trained_runs_checkpoint_is_scored_as_it_is(tmp_path):
+    import torch
+
+    from mwm.checkpoint import save_checkpoint
+
+    _write_replay(tmp_path / "replay", 6)
+    args = offline.parse_args(["--replay", str(tmp_path / "replay"), "--sequences", "4", *SCORE_FLAGS])
+    cfg = offline.build_config("mwm", "cpu", "toy_catch", args.overrides)
+    trained = offline.make_world_model_agent(cfg, seed=7)  # other weights than the seed-0 agent --score builds
+    run = tmp_path / "toy_catch-o16-mwm-seed7"
+    save_checkpoint(str(run / "checkpoints"), {"agent": trained.state_dict(), "counters": {"step": 40, "updates": 9},
+                                               "rng": {}}, step=40)
+    train, held = offline.split_episodes(offline.load_episodes(str(tmp_path / "replay")), 3)
+    expected = offline.closed_loop(trained, [ep for _, ep in train], [ep for _, ep in held], 0.5)
+    trained.close()
+    out = tmp_path / "score.json"
+    assert offline.main(["--replay", str(tmp_path / "replay"), "--holdout-every", "3", "--sequences", "4",
+                         "--score", str(run), "--out", str(out), "--plot", "none", *SCORE_FLAGS]) == 0
+    (variant,) = json.loads(out.read_text())["variants"]
+    (point,) = variant["curve"]
+    assert variant["name"] == run.name and point["updates"] == 9
+    # the encoder is deterministic (the posterior samples): its probe tells whose weights were scored
+    fresh = offline.make_world_model_agent(cfg, seed=0)
+    unloaded = offline.closed_loop(fresh, [ep for _, ep in train], [ep for _, ep in held], 0.5)
+    fresh.close()
+    assert point["closed_loop"]["embed_r2_paddle"] == pytest.approx(expected["embed_r2_paddle"])
+    assert point["closed_loop"]["embed_r2_paddle"] != pytest.approx(unloaded["embed_r2_paddle"])
+    assert "decoded_r2_paddle" in point["closed_loop"]
+    assert 0.0 <= point["closed_loop"]["inputs_var_paddle"] <= 1.0
+    with pytest.raises(offline.UserError, match="pass --agent and, after --, the flags the run was trained with"):
+        offline.main(["--replay", str(tmp_path / "replay"), "--score", str(run), "--out", str(out),
+                      *SCORE_FLAGS[:-1], "32"])  # another RSSM width than the run's
+    assert torch.load(next((run / "checkpoints").glob("*.pt")), weights_only=True)["counters"]["updates"] == 9
