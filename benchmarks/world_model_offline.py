@@ -22,7 +22,7 @@ episode, never trained on):
   column, the object's column and their difference (what decides a catch), fitted on
   training episodes and scored on held-out ones. A low R^2 for the difference means
   the latent does not hold what the reward depends on. The same probe on the world
-  model's inputs (MWM's tokens; not pixels, too wide) says whether the information was
+  model's inputs (MWM's tokens, DreamerV2's pixels) says whether the information was
   there to be read, the probe on the encoder's embedding (before the RSSM) whether
   the encoder or the RSSM loses it, and the probe on the decoder's reconstruction of
   the inputs from the posterior whether the decoder can express it. Where the inputs
@@ -96,7 +96,7 @@ PROBE_RIDGE = 1e-2  # ridge penalty of the probe, relative to the features' mean
 SMALL_RIDGE = 1e-6
 SMALL_RIDGE_MAX_DIM = 256
 PROBE_EPISODES = 60  # training episodes the probe is fitted on (the first ones of the split)
-INPUT_PROBE_MAX_DIM = 4096  # the inputs themselves are probed only up to this size (MWM's tokens, not pixels)
+INPUT_PROBE_MAX_DIM = 64 * 64 * 3  # the inputs (and their reconstruction) are probed up to this size
 
 
 # ------------------------------------------------------------------ data
@@ -231,7 +231,10 @@ def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_tes
     mean_x, mean_y = x_train.mean(0), y_train.mean(0)
     xc = x_train - mean_x
     penalty = ridge * xc.var(0).mean() * len(xc)
-    weights = np.linalg.solve(xc.T @ xc + penalty * np.eye(xc.shape[1]), xc.T @ (y_train - mean_y))  # (F, K)
+    if xc.shape[1] <= xc.shape[0]:
+        weights = np.linalg.solve(xc.T @ xc + penalty * np.eye(xc.shape[1]), xc.T @ (y_train - mean_y))  # (F, K)
+    else:  # wider than long (pixels): the same solution from the N x N system
+        weights = xc.T @ np.linalg.solve(xc @ xc.T + penalty * np.eye(len(xc)), y_train - mean_y)  # (F, K)
     pred = (x_test - mean_x) @ weights + mean_y
     residual = ((y_test - pred) ** 2).sum(0)
     total = ((y_test - y_test.mean(0)) ** 2).sum(0)
@@ -289,8 +292,8 @@ def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], thre
     if targets_available:
         y_train = np.concatenate([probe_targets(episode) for episode in probe_eps])  # (N, 3)
         y_test = np.concatenate([probe_targets(episode) for episode in held_eps])
-        # the posterior features, the encoder's embedding and (where narrow enough: MWM's tokens,
-        # not pixels) the inputs and the decoder's reconstruction of them from the posterior
+        # the posterior features, the encoder's embedding and (up to 64 x 64 x 3) the inputs and
+        # the decoder's reconstruction of them from the posterior
         for name, key in (("probe", "feat"), ("embed", "embed"), ("inputs", "inputs"), ("decoded", "decoded")):
             if key in ("inputs", "decoded") and held[0][key].shape[1] > INPUT_PROBE_MAX_DIM:
                 continue

@@ -149,3 +149,16 @@ def test_a_trained_runs_checkpoint_is_scored_as_it_is(tmp_path):
         offline.main(["--replay", str(tmp_path / "replay"), "--score", str(run), "--out", str(out),
                       *SCORE_FLAGS[:-1], "32"])  # another RSSM width than the run's
     assert torch.load(next((run / "checkpoints").glob("*.pt")), weights_only=True)["counters"]["updates"] == 9
+
+
+def test_the_ridge_probe_of_wide_inputs_equals_the_narrow_forms_solution():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 60)), rng.normal(size=(40, 2))  # wider than long: the N x N form
+    x_test, y_test = rng.normal(size=(10, 60)), rng.normal(size=(10, 2))
+    wide = offline.ridge_r2(x, y, x_test, y_test, 0.1)
+    xc = x - x.mean(0)
+    penalty = 0.1 * xc.var(0).mean() * len(xc)
+    weights = np.linalg.solve(xc.T @ xc + penalty * np.eye(60), xc.T @ (y - y.mean(0)))
+    pred = (x_test - x.mean(0)) @ weights + y.mean(0)
+    expected = 1 - ((y_test - pred) ** 2).sum(0) / ((y_test - y_test.mean(0)) ** 2).sum(0)
+    assert wide == pytest.approx(list(expected))
