@@ -25,7 +25,8 @@ Runs go to ``<logdir>/<env>-o<size>-<agent>-seed<seed>`` (console output beside 
 trained again (it resumes at its last step and stops), so tables can be rebuilt and
 extended. Prints a table, writes JSON (``--out``) and a PNG of evaluation return over
 agent steps with the final scores (``--plot``). Extra ``mwm.train`` flags for every
-agent go after ``--``.
+agent go after ``--``. ``benchmarks/learning_sweep.py`` gathers the result files of
+several sizes (and of agents trained by separate commands) into one table and figure.
 """
 
 from __future__ import annotations
