@@ -164,8 +164,9 @@ def figure(swept: dict):
             ax.fill_between(sizes, lows, highs, color="grey", alpha=0.3, label="random policy")
         else:
             ax.axhspan(lows[0], highs[0], color="grey", alpha=0.3, label="random policy")
-        for name, colour in colours.items():
-            points = [(r["object_size"], r["agents"][name]) for r in mine if name in r["agents"]]
+        for index, (name, colour) in enumerate(colours.items()):
+            shift = 2 ** (0.05 * (index - (len(colours) - 1) / 2))  # agents side by side at one size
+            points = [(r["object_size"] * shift, r["agents"][name]) for r in mine if name in r["agents"]]
             if not points:
                 continue
             xs, groups = zip(*points)

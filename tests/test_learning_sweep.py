@@ -74,7 +74,7 @@ def test_the_figure_plots_each_agents_mean_against_object_size(tmp_path, capsys)
     fig = learning_sweep.figure(learning_sweep.sweep(files))
     (ax,) = fig.axes
     (line,) = [line for line in ax.get_lines() if line.get_label() == "curl"]
-    assert list(line.get_xdata()) == [16, 4] and list(line.get_ydata()) == pytest.approx([2.6, 0.0])
+    assert list(line.get_xdata()) == [16, 4] and list(line.get_ydata()) == pytest.approx([2.6, 0.0])  # one agent: not shifted
     assert ax.get_xlim()[0] > ax.get_xlim()[1]  # large objects on the left
     out, plot = tmp_path / "sweep.json", tmp_path / "sweep.png"
     assert learning_sweep.main([*files, "--out", str(out), "--plot", str(plot)]) == 0
