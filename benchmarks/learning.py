@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -189,6 +190,18 @@ def run_log(logdir: Path) -> Path:
     return logdir.parent / f"{logdir.name}.train.log"
 
 
+DONE_LINE = re.compile(r"^done: .* in (\d+):(\d\d):(\d\d)\b", re.MULTILINE)  # mwm.train's summary line
+
+
+def training_minutes(log_path: Path):
+    """Minutes a run trained, summed over the sessions its console log records (a resumed
+    run's sessions add up; a finished run reopened adds about 0); None without any."""
+    found = DONE_LINE.findall(Path(log_path).read_text(errors="replace")) if Path(log_path).exists() else []
+    if not found:
+        return None
+    return sum(int(h) * 60 + int(m) + int(sec) / 60 for h, m, sec in found)
+
+
 def train_run(args, agent: str, seed: int) -> dict:
     """Train (or finish, or just reopen) one run; its console output goes to <run>.train.log."""
     logdir = run_dir(args, agent, seed)
@@ -216,7 +229,9 @@ def train_run(args, agent: str, seed: int) -> dict:
     rows = read_metrics(logdir / "metrics.jsonl")
     evals = sorted({row["step"]: row["eval/return"] for row in rows if row.get("eval/return") is not None}.items())
     speeds = [row["speed/agent_steps_per_s"] for row in rows if row.get("speed/agent_steps_per_s")]
-    minutes = (time.time() - start) / 60
+    minutes = training_minutes(log_path)  # a reused run's training time, not this call's
+    if minutes is None:
+        minutes = (time.time() - start) / 60
     print(f"{agent} seed {seed}: done in {minutes:.1f} min", flush=True)
     return {"agent": agent, "seed": seed, "logdir": str(logdir), "evals": evals, "minutes": minutes,
             "agent_steps_per_s": float(speeds[-1]) if speeds else None}

@@ -121,3 +121,15 @@ def test_a_crashed_training_run_is_one_line_naming_its_log(tmp_path, capsys, mon
     assert exit_info.value.code == 1
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert "exit status 1" in line and "RuntimeError: boom" in line and "train.log" in line
+
+
+def test_a_runs_minutes_are_its_training_sessions_not_the_call_that_reopened_it(tmp_path):
+    log = tmp_path / "run.train.log"
+    log.write_text("$ python -m mwm.train ...\n[####] 8000/8000\n"
+                   "done: 4000 agent steps (4000 frames), 40 episodes, 3000 updates in 0:10:30 | return -1.00\n"
+                   "$ python -m mwm.train ...\nresuming from checkpoint-4000.pt at step 4000\n"
+                   "done: 8000 agent steps (8000 frames), 80 episodes, 7000 updates in 1:05:00 | return +1.00\n"
+                   "$ python -m mwm.train ...\n"
+                   "done: 8000 agent steps (8000 frames), 80 episodes, 7000 updates in 0:00:00 | no episode finished\n")
+    assert learning.training_minutes(log) == pytest.approx(10.5 + 65.0)
+    assert learning.training_minutes(tmp_path / "missing.log") is None
