@@ -7,6 +7,7 @@ one figure:
     python benchmarks/learning.py --object-size 8 --logdir runs/bench-8px    # one size per command
     python benchmarks/learning_sweep.py runs/bench-learning/learning.json runs/bench-*px/*.json \\
         --out sweep.json --plot sweep.png
+    python benchmarks/learning_sweep.py sweep.json        # a saved sweep: its table again
 
 Every file must share one protocol (env, setting, steps, final episodes, extra flags);
 the settings are the object size and the drift. Files of the same setting are merged, so agents trained by separate commands into one
@@ -78,22 +79,26 @@ def merge(results: list, names: list) -> dict:
 
 
 def sweep(paths: list) -> dict:
-    """Merged results by setting, ordered by drift, then from the largest object to the smallest."""
+    """Merged results by setting, ordered by drift, then from the largest object to the
+    smallest. A file is a result of ``learning.py`` or a sweep this script saved."""
     by_setting: dict = {}
     for path in paths:
         try:
-            result = json.loads(Path(path).read_text())
+            loaded = json.loads(Path(path).read_text())
         except (OSError, ValueError) as error:
             raise UserError(f"cannot read the learning result {path} ({error}): pass files written by "
                             "benchmarks/learning.py") from None
-        if not isinstance(result, dict) or "agents" not in result or "random" not in result:
-            raise UserError(f"{path} is not a result of benchmarks/learning.py: pass the JSON its --out wrote")
-        by_setting.setdefault(setting_of(result), []).append((result, str(path)))
-        first, first_path = next(iter(by_setting.values()))[0]
-        for key in PROTOCOL_KEYS:
-            if result.get(key) != first.get(key):
-                raise UserError(f"{first_path} and {path} differ in {key} ({first.get(key)} vs {result.get(key)}): "
-                                "a sweep compares object sizes and drift under one protocol; pass files of one")
+        is_sweep = isinstance(loaded, dict) and "settings" in loaded and isinstance(loaded.get("results"), list)
+        for result in loaded["results"] if is_sweep else [loaded]:
+            if not isinstance(result, dict) or "agents" not in result or "random" not in result:
+                raise UserError(f"{path} is not a result of benchmarks/learning.py: pass the JSON its --out wrote")
+            by_setting.setdefault(setting_of(result), []).append((result, str(path)))
+            first, first_path = next(iter(by_setting.values()))[0]
+            for key in PROTOCOL_KEYS:
+                if result.get(key) != first.get(key):
+                    raise UserError(f"{first_path} and {path} differ in {key} ({first.get(key)} vs "
+                                    f"{result.get(key)}): a sweep compares object sizes and drift under one "
+                                    "protocol; pass files of one")
     merged = [merge([r for r, _ in group], [n for _, n in group]) for group in by_setting.values()]
     merged.sort(key=lambda r: (r.get("drift") or 0.0, -(r.get("object_size") or 0)))
     return {"settings": [label(r) for r in merged], "results": merged}

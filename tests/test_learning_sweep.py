@@ -80,6 +80,8 @@ def test_the_figure_plots_each_agents_mean_against_object_size(tmp_path, capsys)
     assert learning_sweep.main([*files, "--out", str(out), "--plot", str(plot)]) == 0
     assert plot.stat().st_size > 0 and json.loads(out.read_text())["settings"] == ["16 px", "4 px"]
     assert "| curl | +2.60 [" in capsys.readouterr().out
+    again = learning_sweep.sweep([str(out)])  # a saved sweep reads back as its settings
+    assert again["settings"] == ["16 px", "4 px"] and again["results"][0]["agents"]["curl"]["mean"] == pytest.approx(2.6)
 
 
 def test_a_file_that_is_not_a_learning_result_is_one_clear_error(tmp_path):
