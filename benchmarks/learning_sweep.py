@@ -10,9 +10,9 @@ one figure:
     python benchmarks/learning_sweep.py sweep.json        # a saved sweep: its table again
 
 Every file must share one protocol (env, setting, steps, final episodes, extra flags);
-the settings are the object size and the drift. Files of the same setting are merged, so agents trained by separate commands into one
-logdir (``--agents curl --out curl.json``, ``--agents mwm --out mwm.json``) make one
-column. Merging recomputes each agent's figure from its runs' final means (the mean of
+the settings are the object size and the drift. Files of the same setting are merged,
+so agents trained by separate commands into one logdir (``--agents curl --out
+curl.json``, ``--agents mwm --out mwm.json``) make one column. Merging recomputes each agent's figure from its runs' final means (the mean of
 seed means with its 95% bootstrap interval, none from fewer than 3 seeds), exactly as
 one command over all the agents would. An agent found twice at one setting, or two
 files of one setting whose random-policy baselines differ (other seeds, episodes or
@@ -111,22 +111,19 @@ def agent_names(swept: dict) -> list:
     return names
 
 
-def cell(group: dict, random: dict = None) -> str:
-    """'+2.73 [+1.80, +4.07]' (with ' >rnd' when the interval lies above the random policy's),
-    or the values alone below 3 seeds."""
+def cell(group: dict) -> str:
+    """'+2.73 [+1.80, +4.07]' (with ' >rnd' where ``learning.summarise`` found the interval
+    above the random policy's), the values alone below 3 seeds, '-' where not run."""
     if group is None:
         return "-"
-    if group["ci95"] is None:
-        return f"{group['mean']:+.2f} (n={group['n']}: " + ", ".join(f"{v:+.2f}" for v in group["seed_means"]) + ")"
-    above = random is not None and random["ci95"] is not None and group["ci95"][0] > random["ci95"][1]
-    return f"{group['mean']:+.2f} [{group['ci95'][0]:+.2f}, {group['ci95'][1]:+.2f}]" + (" >rnd" if above else "")
+    return learning.fmt_group(group) + (" >rnd" if group.get("beats_random") else "")
 
 
 def rows(swept: dict) -> list:
     """[agent, cell per setting] for every agent, then the random policy."""
     table = []
     for name in agent_names(swept):
-        table.append([name] + [cell(r["agents"].get(name), r["random"]) for r in swept["results"]])
+        table.append([name] + [cell(r["agents"].get(name)) for r in swept["results"]])
     table.append(["random"] + [cell(r["random"]) for r in swept["results"]])
     return table
 

@@ -362,12 +362,21 @@ def open_loop_scores(agent, windows: Dict, threshold: float) -> Dict[str, float]
 # ------------------------------------------------------------------ training
 
 
-def train_variant(name: str, flags: List[str], args, train: List, held: List, pretrained: Dict) -> Dict:
-    """Train one fresh world model on the training episodes; score it every ``args.every`` updates."""
+def held_out_windows(held_eps: Sequence[Dict], args) -> Dict:
+    """The open loop's windows (5 observed + 15 predicted steps) cut from the held-out
+    episodes, ``args.sequences`` of them, the same for every variant and run (``args.seed``)."""
     import torch
 
-    from agents.world_model_agent import WM_KEYS
     from mwm import diagnostics
+
+    windows = diagnostics.cut_windows(held_eps, diagnostics.CONTEXT + diagnostics.HORIZON, args.sequences,
+                                      np.random.default_rng(args.seed))
+    return {key: torch.as_tensor(windows[key]) for key in diagnostics.SEQUENCE_KEYS}
+
+
+def train_variant(name: str, flags: List[str], args, train: List, held: List, pretrained: Dict) -> Dict:
+    """Train one fresh world model on the training episodes; score it every ``args.every`` updates."""
+    from agents.world_model_agent import WM_KEYS
     from mwm.heads import squash
     from replay import Replay
 
@@ -376,9 +385,7 @@ def train_variant(name: str, flags: List[str], args, train: List, held: List, pr
     if args.encoder_pool == "flatten":
         use_flatten_pool(agent, cfg)
     train_eps, held_eps = [ep for _, ep in train], [ep for _, ep in held]
-    windows = diagnostics.cut_windows(held_eps, diagnostics.CONTEXT + diagnostics.HORIZON, args.sequences,
-                                      np.random.default_rng(args.seed))
-    windows = {key: torch.as_tensor(windows[key]) for key in diagnostics.SEQUENCE_KEYS}
+    windows = held_out_windows(held_eps, args)
     curve, start = [], time.time()
     with tempfile.TemporaryDirectory() as folder:
         replay = Replay(folder, capacity=10 ** 9, seed=args.seed)
@@ -419,9 +426,6 @@ def train_variant(name: str, flags: List[str], args, train: List, held: List, pr
 
 def score_run(run: str, args, train: List, held: List) -> Dict:
     """A trained run's world model (its newest checkpoint), scored once as a variant would be."""
-    import torch
-
-    from mwm import diagnostics
     from mwm.checkpoint import load_latest
 
     state, path = load_latest(str(Path(run) / "checkpoints"))
@@ -437,9 +441,7 @@ def score_run(run: str, args, train: List, held: List) -> Dict:
                             f"({str(error).splitlines()[0]}): pass --agent and, after --, the flags the run was "
                             "trained with") from None
         held_eps = [ep for _, ep in held]
-        windows = diagnostics.cut_windows(held_eps, diagnostics.CONTEXT + diagnostics.HORIZON, args.sequences,
-                                          np.random.default_rng(args.seed))
-        windows = {key: torch.as_tensor(windows[key]) for key in diagnostics.SEQUENCE_KEYS}
+        windows = held_out_windows(held_eps, args)
         point = {"updates": int(state["counters"].get("updates", 0)), "seconds": 0.0,
                  "train_reward_loss": float("nan"), "train_zero_loss": float("nan"),
                  "open_loop": open_loop_scores(agent, windows, args.threshold),
@@ -605,10 +607,9 @@ def main(argv=None) -> int:
               "held_out_files": [name for name, _ in held], "variants": []}
     print(f"{len(train)} training and {len(held)} held-out episodes from {args.replay}")
     print(HEADER)
-    for run in args.score or []:
-        result["variants"].append(score_run(run, args, train, held))
     if args.score:
-        result["updates"] = None
+        result["updates"] = None  # trained runs: nothing trained here
+        result["variants"] = [score_run(run, args, train, held) for run in args.score]
         print_table(result)
         write_result(result, args.out, plot, args.plot)
         return 0
