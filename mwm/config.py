@@ -34,6 +34,7 @@ from mwm.heads import ACTIVATIONS, TRANSFORMS
 from mwm.losses.dynamics import RECON_WEIGHTS
 from mwm.losses.representation import LOSS_ON
 from mwm.masking import MASKING_KINDS
+from mwm.world_model import DECODER_STATES
 from mwm.speed import COMPILE_CHOICES, PRECISIONS
 
 # An installed wheel carries configs/ as the package data mwm/configs; a source checkout has it
@@ -157,6 +158,7 @@ class WorldModelConfig:
     dec_width: int = MISSING
     dec_depth: int = MISSING
     dec_heads: int = MISSING
+    dec_state: str = choice(DECODER_STATES)  # MWM: token (the state as one token) | broadcast: added to every slot (not in the paper)
     cnn_depth: int = MISSING  # DreamerV2 pixel encoder/decoder base channels
     head_layers: int = MISSING
     head_units: int = MISSING
@@ -174,6 +176,7 @@ class WorldModelConfig:
     recon_weight: str = choice(RECON_WEIGHTS)  # uniform (paper) | change: weigh what changed (not in the paper)
     recon_change_mix: float = MISSING  # share of the weight that follows the change, in [0, 1]
     embed_reward_scale: float = MISSING  # reward head on the encoder's output (not in the paper); 0: off
+    prior_reward_scale: float = MISSING  # the reward head's loss on the prior's features too (not in the paper); 0: off
     lr: float = MISSING
     eps: float = MISSING
     clip: float = MISSING

@@ -24,6 +24,7 @@ from torch import nn
 from mwm.distributions import OneHotCategorical
 from mwm.heads import BernoulliHead, MSEHead
 from mwm.losses.dynamics import (RECON_WEIGHTS, categorical_kl, change_weights, discount_loss, embed_reward_loss,
+                                  prior_reward_loss,
                                  kl_balance_loss, latent_recon_loss, reward_loss)
 from mwm.rssm import RSSM, State
 from mwm.vit import Transformer, sincos_pos_embed_2d
@@ -72,17 +73,28 @@ class FlatViTEncoder(nn.Module):
         return x.reshape(*lead, self.out_dim)  # (B, T, W)
 
 
+DECODER_STATES = ("token", "broadcast")
+
+
 class TokenDecoder(nn.Module):
     """MWM's world-model decoder: the model state as one token, L mask tokens, ViT, linear.
 
     The feature (B, T, F) is projected to one width-W token; a learned mask token plus
     the fixed position embedding fills the L target slots; after the transformer the L
     slots are mapped to ``token_dim``: (B, T, L, token_dim).
+
+    ``state="broadcast"`` (not in the paper) adds the projected state to every slot
+    instead of giving it a token of its own, as a spatial broadcast decoder does
+    (Watters et al., 2019): each slot's MLP then sees its position and the whole state
+    together, rather than the state only through attention to one token.
     """
 
     def __init__(self, feat_dim: int, token_dim: int = 256, num_tokens: int = 65, width: int = 128,
-                 depth: int = 2, heads: int = 4):
+                 depth: int = 2, heads: int = 4, state: str = "token"):
         super().__init__()
+        if state not in DECODER_STATES:
+            raise ValueError(f"decoder state {state!r} is not one of {DECODER_STATES}; set wm.dec_state")
+        self.state = state
         self.num_tokens = num_tokens
         self.token_dim = token_dim
         self.proj = nn.Linear(feat_dim, width)
@@ -97,7 +109,10 @@ class TokenDecoder(nn.Module):
         lead = feat.shape[:-1]
         state = self.proj(feat.reshape(-1, feat.shape[-1]))[:, None]  # (B*T, 1, W)
         slots = (self.mask_token + self.pos).expand(state.shape[0], -1, -1)  # (B*T, L, W)
-        x = self.transformer(torch.cat([state, slots], dim=1))[:, 1:]  # (B*T, L, W)
+        if self.state == "broadcast":
+            x = self.transformer(slots + state)  # (B*T, L, W)
+        else:
+            x = self.transformer(torch.cat([state, slots], dim=1))[:, 1:]  # (B*T, L, W)
         return self.head(x).reshape(*lead, self.num_tokens, self.token_dim)  # (B, T, L, Dt)
 
     channel_dim = -1  # of the target (B, T, L, D): change weights are per token (wm.recon_weight)
@@ -138,6 +153,9 @@ class WorldModel(nn.Module):
         embed_reward_scale: weight of a reward head on the encoder's output
             (:func:`mwm.losses.dynamics.embed_reward_loss`); 0 (default) builds no head.
             Not in MWM or DreamerV2.
+        prior_reward_scale: weight of the reward head's loss on the prior's features
+            (:func:`mwm.losses.dynamics.prior_reward_loss`); 0 (default) is off. Not in MWM
+            or DreamerV2.
 
     Defaults are those of configs/defaults.yaml (tests/test_config_schema.py checks it).
     """
@@ -147,7 +165,8 @@ class WorldModel(nn.Module):
                  reward_transform: str = "symlog", discount_head: bool = False, head_norm: bool = False,
                  kl_balance: float = 0.8, kl_free: float = 0.01, kl_scale: float = 1.0, recon_scale: float = 1.0,
                  reward_scale: float = 1.0, discount_scale: float = 1.0, recon_weight: str = "uniform",
-                 recon_change_mix: float = 0.9, embed_reward_scale: float = 0.0):
+                 recon_change_mix: float = 0.9, embed_reward_scale: float = 0.0,
+                 prior_reward_scale: float = 0.0):
         super().__init__()
         if not callable(getattr(decoder, "loss", None)):
             raise ValueError(f"decoder {type(decoder).__name__} has no loss(pred, target) method; "
@@ -184,6 +203,10 @@ class WorldModel(nn.Module):
                                   if embed_reward_scale > 0 else None)
         if self.embed_reward_head is not None:
             self.loss_scales["embed_reward"] = float(embed_reward_scale)
+        if prior_reward_scale < 0:
+            raise ValueError(f"prior_reward_scale must be >= 0, got {prior_reward_scale}")
+        if prior_reward_scale > 0:
+            self.loss_scales["prior_reward"] = float(prior_reward_scale)
 
     @property
     def feat_dim(self) -> int:
@@ -217,6 +240,9 @@ class WorldModel(nn.Module):
             losses["discount"] = discount_loss(self.discount_head(feat), is_terminal)
         if self.embed_reward_head is not None:
             losses["embed_reward"] = embed_reward_loss(self.embed_reward_head(embed), reward, self.reward_transform)
+        if "prior_reward" in self.loss_scales:  # the same head on the prior's features (B, T, F)
+            losses["prior_reward"] = prior_reward_loss(self.reward_head(self.feature(prior)), reward,
+                                                       self.reward_transform)
         return losses, post, prior
 
     def loss(self, inputs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
