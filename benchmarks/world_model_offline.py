@@ -28,7 +28,11 @@ episode, never trained on):
   the inputs from the posterior whether the decoder can express it. Where the inputs
   are narrow enough, also the share of their variance that the paddle's column, the
   object's position and both explain (``inputs_var_*``): how much a reconstruction
-  loss on them asks for each;
+  loss on them asks for each. The same posterior probe, applied at every predicted step
+  of the open loop to the prior's features (``open_loop.probe_r2_*_by_step``) and to the
+  posterior's (``post_probe_r2_*_by_step``), says whether imagination keeps what the
+  posterior held: the reward head reads the prior's features there, as the actor's
+  imagined rewards do;
 - the training reward loss (mean over the last ``--every`` updates) over the
   predict-zero loss of the same batches, and the KL.
 
@@ -224,9 +228,8 @@ def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, objec
     return out
 
 
-def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-             ridge: float = PROBE_RIDGE) -> List[float]:
-    """R^2 on the test set of a ridge regression per target column: x (N, F), y (N, K); the
+def ridge_fit(x_train: np.ndarray, y_train: np.ndarray, ridge: float = PROBE_RIDGE):
+    """A ridge regression x (N, F) -> y (N, K), returned as the function that applies it; the
     penalty is ``ridge`` times the features' mean variance times N."""
     mean_x, mean_y = x_train.mean(0), y_train.mean(0)
     xc = x_train - mean_x
@@ -235,10 +238,26 @@ def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_tes
         weights = np.linalg.solve(xc.T @ xc + penalty * np.eye(xc.shape[1]), xc.T @ (y_train - mean_y))  # (F, K)
     else:  # wider than long (pixels): the same solution from the N x N system
         weights = xc.T @ np.linalg.solve(xc @ xc.T + penalty * np.eye(len(xc)), y_train - mean_y)  # (F, K)
-    pred = (x_test - mean_x) @ weights + mean_y
+    return lambda x: (x - mean_x) @ weights + mean_y
+
+
+def r2_scores(y_test: np.ndarray, pred: np.ndarray) -> List[float]:
+    """R^2 per target column of predictions (N, K) of ``y_test`` (N, K)."""
     residual = ((y_test - pred) ** 2).sum(0)
     total = ((y_test - y_test.mean(0)) ** 2).sum(0)
     return [float(1 - r / t) if t > 0 else float("nan") for r, t in zip(residual, total)]
+
+
+def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+             ridge: float = PROBE_RIDGE) -> List[float]:
+    """R^2 on the test set of :func:`ridge_fit` per target column: x (N, F), y (N, K)."""
+    return r2_scores(y_test, ridge_fit(x_train, y_train, ridge)(x_test))
+
+
+def r2_by_step(probe, feat: np.ndarray, targets: np.ndarray) -> List[List[float]]:
+    """A fitted probe applied at each step of windows: feat (B, H, F), targets (B, H, K) ->
+    [h][k] the R^2 across the B windows at step h."""
+    return [r2_scores(targets[:, h], probe(feat[:, h])) for h in range(feat.shape[1])]
 
 
 def probe_targets(episode: Dict[str, np.ndarray]) -> np.ndarray | None:
@@ -337,8 +356,13 @@ def squash_inverse(values: np.ndarray, transform: str) -> np.ndarray:
     return values
 
 
-def open_loop_scores(agent, windows: Dict, threshold: float) -> Dict[str, float]:
-    """:func:`mwm.diagnostics.open_loop` on the held-out windows, with the sign accuracy."""
+def open_loop_scores(agent, windows: Dict, threshold: float, train_eps: Sequence[Dict] = ()) -> Dict[str, float]:
+    """:func:`mwm.diagnostics.open_loop` on the held-out windows, with the sign accuracy; where
+    the windows carry ``probe_targets`` (B, T, 3), the probe of the open loop: the ridge probe
+    fitted on the posterior features of ``train_eps`` (as in :func:`closed_loop`), applied at
+    every predicted step to the prior's features (``probe_r2_*_by_step``, what the reward
+    head reads in imagination) and to the posterior's (``post_probe_r2_*_by_step``, every
+    step observed)."""
     import torch
 
     from mwm import diagnostics
@@ -347,8 +371,9 @@ def open_loop_scores(agent, windows: Dict, threshold: float) -> Dict[str, float]
     with torch.no_grad():
         was_training = agent.wm.training
         agent.wm.eval()
-        pred = diagnostics.predict(agent, windows)["reward"].numpy()  # (B, H)
+        predicted = diagnostics.predict(agent, windows)
         agent.wm.train(was_training)
+    pred = predicted["reward"].numpy()  # (B, H)
     truth = windows["reward"][:, diagnostics.CONTEXT:].float().numpy()
     keys = ("reward_corr", "reward_precision", "reward_recall", "reward_events_true", "reward_events_predicted",
             "kl", "post_entropy", "recon_error_observed")
@@ -356,6 +381,22 @@ def open_loop_scores(agent, windows: Dict, threshold: float) -> Dict[str, float]
     out["reward_corr_by_step"] = result["reward_corr_by_step"]
     out["recon_error_h15"] = float(result["recon_error_by_step"][-1])
     out["sign_acc"] = event_sign_accuracy(pred, truth, threshold)
+    if "probe_targets" in windows and train_eps:
+        probe_eps = train_eps[:PROBE_EPISODES]
+        probe = ridge_fit(np.concatenate([posterior_features_numpy(agent, ep)["feat"] for ep in probe_eps]),
+                          np.concatenate([probe_targets(ep) for ep in probe_eps]))
+        targets = windows["probe_targets"][:, diagnostics.CONTEXT:]  # (B, H, 3)
+        events = np.abs(truth) >= threshold  # (B, H): where a catch or miss is decided
+        for prefix, feat in (("probe", predicted["feat"]),
+                             ("post_probe", predicted["post_feat"][:, diagnostics.CONTEXT:])):
+            feat = feat.double().numpy()  # (B, H, F)
+            by_step = r2_by_step(probe, feat, targets)  # [h][paddle, object, offset]
+            for k, name in enumerate(("paddle", "object", "offset")):
+                out[f"{prefix}_r2_{name}_by_step"] = [step[k] for step in by_step]
+            if events.any():  # the steps where the reward head must know the offset
+                r2 = r2_scores(targets[events], probe(feat[events]))
+                out.update({f"{prefix}_r2_{name}_at_events": r2[k]
+                            for k, name in enumerate(("paddle", "object", "offset"))})
     return out
 
 
@@ -369,9 +410,14 @@ def held_out_windows(held_eps: Sequence[Dict], args) -> Dict:
 
     from mwm import diagnostics
 
+    positions = ("paddle_pos", "object_pos") if probe_targets(held_eps[0]) is not None else ()
     windows = diagnostics.cut_windows(held_eps, diagnostics.CONTEXT + diagnostics.HORIZON, args.sequences,
-                                      np.random.default_rng(args.seed))
-    return {key: torch.as_tensor(windows[key]) for key in diagnostics.SEQUENCE_KEYS}
+                                      np.random.default_rng(args.seed), (*diagnostics.SEQUENCE_KEYS, *positions))
+    out = {key: torch.as_tensor(windows[key]) for key in diagnostics.SEQUENCE_KEYS}
+    if positions:  # (B, T, 3): paddle column, object column, offset, for the probe of the open loop
+        out["probe_targets"] = np.stack([probe_targets({key: windows[key][:, t] for key in positions})
+                                         for t in range(windows["reward"].shape[1])], axis=1)
+    return out
 
 
 def train_variant(name: str, flags: List[str], args, train: List, held: List, pretrained: Dict) -> Dict:
@@ -413,7 +459,7 @@ def train_variant(name: str, flags: List[str], args, train: List, held: List, pr
                 if update % args.every == 0 or update == args.updates:
                     point = {"updates": update, "seconds": time.time() - start,
                              "train_reward_loss": float(np.mean(losses)), "train_zero_loss": float(np.mean(zeros)),
-                             "open_loop": open_loop_scores(agent, windows, args.threshold),
+                             "open_loop": open_loop_scores(agent, windows, args.threshold, train_eps),
                              "closed_loop": closed_loop(agent, train_eps, held_eps, args.threshold)}
                     curve.append(point)
                     print_row(name, point, flush=True)
@@ -444,7 +490,7 @@ def score_run(run: str, args, train: List, held: List) -> Dict:
         windows = held_out_windows(held_eps, args)
         point = {"updates": int(state["counters"].get("updates", 0)), "seconds": 0.0,
                  "train_reward_loss": float("nan"), "train_zero_loss": float("nan"),
-                 "open_loop": open_loop_scores(agent, windows, args.threshold),
+                 "open_loop": open_loop_scores(agent, windows, args.threshold, [ep for _, ep in train]),
                  "closed_loop": closed_loop(agent, [ep for _, ep in train], held_eps, args.threshold)}
     finally:
         agent.close()
@@ -477,7 +523,7 @@ def print_row(name: str, point: Dict, flush: bool = False) -> None:
           f"{fmt(c.get('inputs_r2_offset'))} "
           f"| open: {fmt(o['reward_corr'], 5)} {fmt(o['reward_precision'], 5)} {fmt(o['reward_recall'])} "
           f"{fmt(o['sign_acc'], 5)} {fmt(o['kl'], 5)}"
-          f"{encoder_columns(c)}",
+          f"{encoder_columns(c)}{open_probe_columns(o)}",
           flush=flush)
 
 
@@ -494,6 +540,17 @@ def encoder_columns(c: Dict) -> str:
     if "embed_head_loss_ratio" in c:
         text += f" r/0 {fmt(c['embed_head_loss_ratio'], 5)} sign {fmt(c['embed_head_sign_acc'], 5)}"
     return text
+
+
+def open_probe_columns(o: Dict) -> str:
+    """The offset's R^2 in the open loop's prior features at predicted steps 1, 8 and 15 and at
+    the reward events, and in the posterior's at the events; empty where not measured."""
+    if "probe_r2_offset_by_step" not in o:
+        return ""
+    prior = o["probe_r2_offset_by_step"]
+    steps = " ".join(f"h{h + 1} {fmt(prior[h], 5)}" for h in sorted({0, len(prior) // 2, len(prior) - 1}))
+    return (f" | open-loop offset R2: prior {steps}, at events prior {fmt(o.get('probe_r2_offset_at_events'), 5)}"
+            f" posterior {fmt(o.get('post_probe_r2_offset_at_events'), 5)}")
 
 
 def print_table(result: Dict) -> None:

@@ -42,8 +42,9 @@ SEQUENCE_KEYS = ("image", "action", "reward", "is_first", "is_terminal")
 
 
 def cut_windows(episodes: Sequence[Dict[str, np.ndarray]], length: int, count: int,
-                rng: np.random.Generator) -> Dict[str, np.ndarray]:
-    """``count`` windows of ``length`` steps, each inside one episode, stacked (N, length, ...).
+                rng: np.random.Generator, keys: Sequence[str] = SEQUENCE_KEYS) -> Dict[str, np.ndarray]:
+    """``count`` windows of ``length`` steps, each inside one episode, stacked (N, length, ...),
+    of the episodes' ``keys``.
 
     Windows start anywhere an episode has ``length`` steps left; every episode long
     enough can be drawn. The first step of a window is marked ``is_first`` (the model
@@ -55,7 +56,7 @@ def cut_windows(episodes: Sequence[Dict[str, np.ndarray]], length: int, count: i
         raise ValueError(f"no episode has {length} steps (the longest has {longest})")
     picks = rng.choice(len(starts), size=count, replace=len(starts) < count)
     batch = {key: np.stack([episodes[starts[p][0]][key][starts[p][1]:starts[p][1] + length] for p in picks])
-             for key in SEQUENCE_KEYS}
+             for key in keys}
     batch["is_first"] = batch["is_first"].copy()
     batch["is_first"][:, 0] = True
     return batch
@@ -90,8 +91,9 @@ def predict(agent, batch: Dict[str, torch.Tensor], context: int = CONTEXT) -> Di
     open-loop prediction of steps [context, T) from the first ``context`` observations and
     the recorded actions alone (no later observation is read).
 
-    Returns ``inputs`` (B, T, ...), ``post`` / ``prior`` logits (B, T, S, K), ``observed_feat``
-    (B, context, F) and, for the open-loop steps, ``feat`` (B, H, F), ``reward`` (B, H) and
+    Returns ``inputs`` (B, T, ...), ``post`` / ``prior`` logits (B, T, S, K), the posterior's
+    features ``post_feat`` (B, T, F) (every step observed), ``observed_feat`` (B, context, F)
+    and, for the open-loop steps, ``feat`` (B, H, F), ``reward`` (B, H) and
     ``decoded`` (B, H, ...) decoder outputs.
     """
     wm = agent.wm
@@ -107,8 +109,9 @@ def predict(agent, batch: Dict[str, torch.Tensor], context: int = CONTEXT) -> Di
     last = {key: value[:, -1] for key, value in observed.items()}  # (B, ...)
     imagined = wm.rssm.rollout(last, action[:, context:])  # (B, H, ...)
     feat = wm.feature(imagined)  # (B, H, F)
-    return {"inputs": inputs, "post": post["logits"], "prior": prior["logits"],
-            "observed_feat": wm.feature(observed), "feat": feat, "reward": wm.reward(feat).float(),
+    post_feat = wm.feature(post)  # (B, T, F)
+    return {"inputs": inputs, "post": post["logits"], "prior": prior["logits"], "post_feat": post_feat,
+            "observed_feat": post_feat[:, :context], "feat": feat, "reward": wm.reward(feat).float(),
             "decoded": wm.decoder(feat)}
 
 

@@ -83,6 +83,10 @@ def test_a_few_updates_score_held_out_episodes_only(tmp_path):
     assert "embed_head_loss_ratio" not in closed and "embed_r2s_offset" in closed
     # the chain inputs -> encoder -> posterior -> decoder is probed link by link (tokens are narrow enough)
     assert all(f"{link}_r2_paddle" in closed for link in ("inputs", "embed", "probe", "decoded"))
+    # ... and on through imagination: the posterior's probe at each of the 15 predicted steps
+    opened = variant["curve"][-1]["open_loop"]
+    for key in ("probe_r2_offset_by_step", "post_probe_r2_offset_by_step", "probe_r2_paddle_by_step"):
+        assert len(opened[key]) == 15 and all(r2 <= 1 for r2 in opened[key] if r2 == r2)
     # the reward head on the encoder's output is scored like the RSSM's
     closed = result["variants"][1]["curve"][-1]["closed_loop"]
     assert closed["embed_head_loss_ratio"] >= 0 and 0 <= closed["embed_head_sign_acc"] <= 1
@@ -100,6 +104,20 @@ def test_the_flatten_pool_encoder_keeps_the_width_and_reads_every_position():
     assert out.shape == (2, 3, 16)
     swapped = tokens[:, :, [1, 0, 2, 3, 4]]  # the same contents, two positions exchanged
     assert not torch.allclose(encoder(swapped), out)
+
+
+def test_the_open_loop_probe_scores_each_predicted_step_apart():
+    """A probe fitted where the features hold the target scores 1 at a step whose features
+    still hold it, and at most 0 at one whose features are noise."""
+    rng = np.random.default_rng(0)
+    y_train = rng.normal(size=(200, 2))
+    probe = offline.ridge_fit(np.concatenate([y_train, rng.normal(size=(200, 3))], axis=1), y_train, ridge=1e-9)
+    targets = rng.normal(size=(64, 3, 2))  # (B, H, K)
+    feat = np.concatenate([targets, np.zeros((64, 3, 3))], axis=2)  # (B, H, F): steps 0 and 2 keep the target
+    feat[:, 1] = rng.normal(size=(64, 5))  # step 1 forgot it
+    r2 = offline.r2_by_step(probe, feat, targets)
+    assert np.allclose(r2[0], 1.0, atol=1e-6) and np.allclose(r2[2], 1.0, atol=1e-6)
+    assert max(r2[1]) < 0.1
 
 
 def test_variance_share_is_the_share_of_the_variance_the_categories_explain():
