@@ -1,10 +1,12 @@
-"""Options beyond the paper (default off): change-weighted reconstruction and a reward head
-on the encoder's output (mwm/losses/dynamics.py, mwm/world_model.py)."""
+"""Options beyond the paper (default off): change-weighted reconstruction, a reward head
+on the encoder's output and the reward loss on the prior's features (mwm/losses/dynamics.py,
+mwm/world_model.py)."""
 
 import pytest
 import torch
 
-from mwm.losses.dynamics import change_weights, embed_reward_loss, image_recon_loss, latent_recon_loss, reward_loss
+from mwm.losses.dynamics import (change_weights, embed_reward_loss, image_recon_loss, latent_recon_loss,
+                                 prior_reward_loss, reward_loss)
 from tests.test_world_model import TOKEN_DIM, TOKENS, B, T, batch, conv_world_model, token_world_model
 
 
@@ -136,3 +138,32 @@ def test_embed_reward_changes_the_encoder_gradient_only_when_on():
     # same seed, same encoder/RSSM/decoder initialisation (the extra head is built last)
     assert torch.equal(off.encoder.proj.weight, on.encoder.proj.weight)
     assert not torch.allclose(encoder_grad(off), encoder_grad(on))
+
+
+def reward_grads_on_the_prior_layer(model) -> torch.Tensor:
+    """Gradient of the reward terms alone on the RSSM's prior output layer (img_out)."""
+    torch.manual_seed(3)
+    terms, _, _ = model.losses(**batch((TOKENS, TOKEN_DIM)))
+    model.zero_grad()
+    sum(model.loss_scales[name] * terms[name].mean() for name in terms if name.endswith("reward")).backward()
+    return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
+                      for p in model.rssm.img_out.parameters()])
+
+
+def test_prior_reward_loss_trains_the_reward_head_on_what_imagination_reads():
+    """Off (the paper): the reward loss reads the posterior, so the layer that makes the
+    prior's latent gets no reward gradient. On: the same head also reads the prior's
+    features, and the reward's gradient reaches that layer."""
+    pred, reward = torch.randn(2, 3), torch.randn(2, 3)
+    assert torch.allclose(prior_reward_loss(pred, reward, "symlog"), reward_loss(pred, reward, "symlog"))
+    off, on = token_world_model(), token_world_model(prior_reward_scale=0.5)
+    assert "prior_reward" not in off.loss_scales and on.loss_scales["prior_reward"] == 0.5
+    assert reward_grads_on_the_prior_layer(off).abs().sum() == 0
+    assert reward_grads_on_the_prior_layer(on).abs().sum() > 0
+    # the term is the reward head's loss on the prior's features
+    torch.manual_seed(3)
+    terms, _, prior = on.losses(**batch((TOKENS, TOKEN_DIM)))
+    expected = reward_loss(on.reward_head(on.feature(prior)), batch((TOKENS, TOKEN_DIM))["reward"])
+    assert torch.allclose(terms["prior_reward"], expected)
+    with pytest.raises(ValueError, match="prior_reward_scale"):
+        token_world_model(prior_reward_scale=-1.0)

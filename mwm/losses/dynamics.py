@@ -189,3 +189,24 @@ def embed_reward_loss(pred: torch.Tensor, reward: torch.Tensor, transform: str =
         reward: (B, T) reward received on entering each step.
     """
     return reward_loss(pred, reward, transform)
+
+
+def prior_reward_loss(pred: torch.Tensor, reward: torch.Tensor, transform: str = "symlog") -> torch.Tensor:
+    """Reward predicted from the prior's features, as in imagination, (B, T):
+
+        loss = (f(h_t, z'_t) - squash(r_t))^2,   z'_t ~ p(z_t | h_t)
+
+    Not in MWM or DreamerV2: an option of this library (``wm.prior_reward_scale``,
+    default 0 = off). The equation is :func:`reward_loss`'s, with the same reward head f,
+    but on the prior's sample z'_t in place of the posterior's z_t ~ q(z_t | h_t, x_t):
+    the features the actor's imagined rewards come from. Its gradient reaches the
+    deterministic state h_t through the GRU, so the reward must be predictable before the
+    frame that shows it is read. Motivation: on toy_catch the reward heads trained on the
+    posterior read a catch or a miss off the landing frame itself and lose it one step
+    into the open loop (docs/LEARNING.md, "imagination keeps what the posterior holds").
+
+    Args:
+        pred: (B, T) reward head output on the prior's features, in squashed space.
+        reward: (B, T) reward received on entering each step.
+    """
+    return reward_loss(pred, reward, transform)
