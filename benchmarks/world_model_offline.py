@@ -362,7 +362,8 @@ def open_loop_scores(agent, windows: Dict, threshold: float, train_eps: Sequence
     fitted on the posterior features of ``train_eps`` (as in :func:`closed_loop`), applied at
     every predicted step to the prior's features (``probe_r2_*_by_step``, what the reward
     head reads in imagination) and to the posterior's (``post_probe_r2_*_by_step``, every
-    step observed)."""
+    step observed). ``post_sign_acc`` and ``post_reward_corr_by_step`` score the reward head
+    on the posterior of the same steps."""
     import torch
 
     from mwm import diagnostics
@@ -381,6 +382,13 @@ def open_loop_scores(agent, windows: Dict, threshold: float, train_eps: Sequence
     out["reward_corr_by_step"] = result["reward_corr_by_step"]
     out["recon_error_h15"] = float(result["recon_error_by_step"][-1])
     out["sign_acc"] = event_sign_accuracy(pred, truth, threshold)
+    # the reward head on the posterior of the same steps (every frame observed): what it can
+    # read off the frames, against what it predicts in imagination
+    with torch.no_grad():
+        post_reward = agent.wm.reward(predicted["post_feat"][:, diagnostics.CONTEXT:]).float().numpy()  # (B, H)
+    out["post_sign_acc"] = event_sign_accuracy(post_reward, truth, threshold)
+    out["post_reward_corr_by_step"] = [diagnostics.pearson(post_reward[:, h], truth[:, h])
+                                       for h in range(truth.shape[1])]
     if "probe_targets" in windows and train_eps:
         probe_eps = train_eps[:PROBE_EPISODES]
         probe = ridge_fit(np.concatenate([posterior_features_numpy(agent, ep)["feat"] for ep in probe_eps]),

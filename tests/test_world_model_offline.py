@@ -85,6 +85,7 @@ def test_a_few_updates_score_held_out_episodes_only(tmp_path):
     assert all(f"{link}_r2_paddle" in closed for link in ("inputs", "embed", "probe", "decoded"))
     # ... and on through imagination: the posterior's probe at each of the 15 predicted steps
     opened = variant["curve"][-1]["open_loop"]
+    assert len(opened["post_reward_corr_by_step"]) == 15
     for key in ("probe_r2_offset_by_step", "post_probe_r2_offset_by_step", "probe_r2_paddle_by_step"):
         assert len(opened[key]) == 15 and all(r2 <= 1 for r2 in opened[key] if r2 == r2)
     # the reward head on the encoder's output is scored like the RSSM's
