@@ -423,8 +423,9 @@ def held_out_windows(held_eps: Sequence[Dict], args) -> Dict:
                                       np.random.default_rng(args.seed), (*diagnostics.SEQUENCE_KEYS, *positions))
     out = {key: torch.as_tensor(windows[key]) for key in diagnostics.SEQUENCE_KEYS}
     if positions:  # (B, T, 3): paddle column, object column, offset, for the probe of the open loop
-        out["probe_targets"] = np.stack([probe_targets({key: windows[key][:, t] for key in positions})
-                                         for t in range(windows["reward"].shape[1])], axis=1)
+        lead = windows["reward"].shape  # (B, T)
+        flat = probe_targets({key: windows[key].reshape(-1, windows[key].shape[-1]) for key in positions})
+        out["probe_targets"] = flat.reshape(*lead, flat.shape[-1])
     return out
 
 

@@ -24,8 +24,7 @@ from torch import nn
 from mwm.distributions import OneHotCategorical
 from mwm.heads import BernoulliHead, MSEHead
 from mwm.losses.dynamics import (RECON_WEIGHTS, categorical_kl, change_weights, discount_loss, embed_reward_loss,
-                                  prior_reward_loss,
-                                 kl_balance_loss, latent_recon_loss, reward_loss)
+                                 kl_balance_loss, latent_recon_loss, prior_reward_loss, reward_loss)
 from mwm.rssm import RSSM, State
 from mwm.vit import Transformer, sincos_pos_embed_2d
 
