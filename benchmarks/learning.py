@@ -107,8 +107,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=8000, help="agent steps per run")
     p.add_argument("--object-size", type=int, default=16, help="toy_catch object side in pixels")
     p.add_argument("--drift", type=float, default=0.0, help="toy_catch sideways speed of the object, px per step")
-    p.add_argument("--prefill", type=int, help="random-policy steps before training (default: the suite's and "
-                                              "agent's own; toy_catch 1000)")
+    p.add_argument("--prefill", type=int, help="random-policy steps before training, the same for every agent "
+                                              "(default: each agent's own without a size preset; toy_catch 1000)")
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--final-episodes", type=int, default=30, help="episodes of each seed's final policy")
@@ -155,12 +155,23 @@ def merge_flags(*groups: list) -> list:
     return [item for pair in merged.items() for item in pair]
 
 
+def prefill(args, agent: str) -> int:
+    """Random-policy steps before training: ``--prefill``, else the agent's own on this env at paper
+    size. Always passed on, because a size preset may shorten it (``tiny``: 100 steps), and the
+    agents of one comparison must start from the same amount of data."""
+    if args.prefill is not None:
+        return args.prefill
+    from mwm import config
+
+    return int(config.build(args.env, agent, "default").run.prefill)
+
+
 def train_command(args, agent: str, seed: int, logdir: Path) -> list:
     """The ``mwm.train`` command line of one run."""
     preset, setting_flags = SETTINGS[args.setting][agent]
     toy = (["--env.object_size", str(args.object_size), "--env.drift", str(args.drift)] if is_toy(args) else [])
     protocol = ["--run.eval_every", str(args.eval_every), "--run.eval_episodes", str(args.eval_episodes),
-                *(["--run.prefill", str(args.prefill)] if args.prefill is not None else []),
+                "--run.prefill", str(prefill(args, agent)),
                 "--env.time_limit", "0",  # full episodes, as the random baseline
                 "--run.log_every", "250", "--run.checkpoint_every", "2000", "--run.report_every", "2000", *toy]
     return [sys.executable, "-m", "mwm.train", "--env", args.env, "--agent", agent, "--preset", preset,
@@ -233,8 +244,11 @@ def train_run(args, agent: str, seed: int) -> dict:
     if minutes is None:
         minutes = (time.time() - start) / 60
     print(f"{agent} seed {seed}: done in {minutes:.1f} min", flush=True)
+    from mwm import config as config_lib
+
+    prefilled = int(config_lib.load(logdir / "config.yaml").run.prefill)  # what the run did, reused or not
     return {"agent": agent, "seed": seed, "logdir": str(logdir), "evals": evals, "minutes": minutes,
-            "agent_steps_per_s": float(speeds[-1]) if speeds else None}
+            "agent_steps_per_s": float(speeds[-1]) if speeds else None, "prefill": prefilled}
 
 
 def episodes(env_name: str, env_kwargs: dict, count: int, seed: int, policy_dir: str = "") -> list:
@@ -259,6 +273,13 @@ def group(name: str, seed_means: list) -> dict:
             "ci95": interval(seed_means)}
 
 
+def common_prefill(runs: list):
+    """The random-policy steps every one of ``runs`` started with (read from each run's config);
+    None where a run has no record or the runs differ."""
+    values = {run.get("prefill") for run in runs}
+    return values.pop() if len(values) == 1 else None
+
+
 def summarise(args, runs: list, random_means: list) -> dict:
     """The result JSON: per-run figures, and per agent the mean of seed scores with its interval."""
     agents = {}
@@ -271,6 +292,7 @@ def summarise(args, runs: list, random_means: list) -> dict:
         speeds = [run["agent_steps_per_s"] for run in mine if run["agent_steps_per_s"]]
         summary["agent_steps_per_s"] = float(np.mean(speeds)) if speeds else None
         summary["minutes"] = float(np.mean([run["minutes"] for run in mine]))
+        summary["prefill"] = common_prefill(mine)
         agents[agent] = summary
     random = group("random", random_means)
     for summary in agents.values():
@@ -294,6 +316,11 @@ def fmt_group(g: dict) -> str:
 def comparisons(result: dict) -> list:
     """Plain sentences: each agent against random, and MWM against each baseline."""
     lines = []
+    prefills = {name: g.get("prefill") for name, g in result["agents"].items()}
+    if len(set(prefills.values())) > 1:
+        lines.append("warning: the agents did not start from the same random-policy prefill ("
+                     + ", ".join(f"{name} {value if value is not None else 'unknown'}"
+                                 for name, value in prefills.items()) + "): not one protocol")
     random = result["random"]
     for name, g in result["agents"].items():
         if g["ci95"] is None or random["ci95"] is None:
@@ -317,6 +344,8 @@ def comparisons(result: dict) -> list:
 
 def print_table(result: dict) -> None:
     size = f", {result['object_size']} px object" if result["object_size"] else ""
+    prefills = {g.get("prefill") for g in result["agents"].values()}
+    size += f", prefill {prefills.pop()}" if len(prefills) == 1 and None not in prefills else ""
     print(f"\n{result['env']}{size}, setting {result['setting']}, {result['steps']} agent steps; final policy: "
           f"{result['final_episodes']} episodes per seed; mean of seed means [95% bootstrap CI over seeds]")
     print(f"{'agent':<10} | {'final return':<34} | {'reward corr (h1-15)':<30} | {'steps/s':>7} | {'min/run':>7}")

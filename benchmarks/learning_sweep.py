@@ -9,7 +9,8 @@ one figure:
         --out sweep.json --plot sweep.png
     python benchmarks/learning_sweep.py sweep.json        # a saved sweep: its table again
 
-Every file must share one protocol (env, setting, steps, final episodes, extra flags);
+Every file must share one protocol (env, setting, steps, final episodes, extra flags,
+and the random-policy prefill every agent started from, as each run's config records it);
 the settings are the object size and the drift. Files of the same setting are merged,
 so agents trained by separate commands into one logdir (``--agents curl --out
 curl.json``, ``--agents mwm --out mwm.json``) make one column. Merging recomputes each agent's figure from its runs' final means (the mean of
@@ -56,6 +57,20 @@ def label(result: dict) -> str:
     return text + (f", drift {result['drift']:g}" if result.get("drift") else "")
 
 
+def check_prefill(result: dict, path: str, first: dict, first_path: str) -> None:
+    """Every agent of a sweep started from the same random-policy prefill (a size preset may
+    shorten an agent's own: learning.prefill), as recorded in the result (None: not recorded)."""
+    def steps(g: dict) -> str:
+        return "an unrecorded number of" if g.get("prefill") is None else str(g["prefill"])
+
+    want_agent, want = next(iter(first["agents"].items()))
+    for agent, g in result["agents"].items():
+        if g.get("prefill") is None or g.get("prefill") != want.get("prefill"):
+            raise UserError(f"{agent} in {path} started after {steps(g)} random-policy steps, {want_agent} in "
+                            f"{first_path} after {steps(want)}: a sweep compares agents under one protocol; "
+                            "re-train with the same --prefill")
+
+
 def merge(results: list, names: list) -> dict:
     """One learning result from several files of the same setting (``names`` for errors):
     the union of their runs, every agent's figure recomputed from its runs."""
@@ -99,6 +114,7 @@ def sweep(paths: list) -> dict:
                     raise UserError(f"{first_path} and {path} differ in {key} ({first.get(key)} vs "
                                     f"{result.get(key)}): a sweep compares object sizes and drift under one "
                                     "protocol; pass files of one")
+            check_prefill(result, str(path), first, first_path)
     merged = [merge([r for r, _ in group], [n for _, n in group]) for group in by_setting.values()]
     merged.sort(key=lambda r: (r.get("drift") or 0.0, -(r.get("object_size") or 0)))
     return {"settings": [label(r) for r in merged], "results": merged}

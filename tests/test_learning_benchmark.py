@@ -62,6 +62,31 @@ def test_overrides_replace_a_settings_flags_instead_of_repeating_them():
         learning.merge_flags(["--a", "1", "--b"])
 
 
+def test_every_agent_starts_from_the_envs_prefill_whatever_its_size_preset():
+    """The tiny preset shortens prefill to 100 steps and the small one keeps the env's 1000: the
+    benchmark passes one prefill to every agent, so that they all start from the same data."""
+    from mwm import config
+
+    assert config.build("toy_catch", "mwm", "tiny").run.prefill == 100  # what a run got without the flag
+    for argv, want in (([], "1000"), (["--prefill", "300"], "300")):
+        args = learning.parse_args(argv)
+        for agent in ("mwm", "dreamerv2", "curl"):
+            cmd = learning.train_command(args, agent, 0, Path("x"))
+            assert cmd.count("--run.prefill") == 1 and cmd[cmd.index("--run.prefill") + 1] == want, (agent, argv)
+
+
+def test_agents_that_started_from_different_prefills_are_flagged_in_the_comparison():
+    args = learning.parse_args(["--agents", "mwm", "curl"])
+    runs = [dict(run, prefill=100) for run in _runs("mwm", [0.0, 1.0, 5.0])] + \
+        [dict(run, prefill=1000) for run in _runs("curl", [2.0, 2.2, 1.0])]
+    result = learning.summarise(args, runs, [-1.0, -0.6, -0.8])
+    assert result["agents"]["mwm"]["prefill"] == 100 and result["agents"]["curl"]["prefill"] == 1000
+    assert learning.comparisons(result)[0] == ("warning: the agents did not start from the same random-policy "
+                                               "prefill (mwm 100, curl 1000): not one protocol")
+    same = learning.summarise(args, [dict(run, prefill=1000) for run in runs], [-1.0, -0.6, -0.8])
+    assert not any(line.startswith("warning") for line in learning.comparisons(same))
+
+
 def test_benchmark_trains_compares_diagnoses_and_reuses_finished_runs(tmp_path, capsys):
     logdir = tmp_path / "bench"
     flags = ["--logdir", str(logdir), "--agents", "mwm", "dreamerv2", "--seeds", "0", *TINY]
@@ -75,7 +100,9 @@ def test_benchmark_trains_compares_diagnoses_and_reuses_finished_runs(tmp_path, 
         assert run["evals"] and all(step <= 120 for step, _ in run["evals"])
         assert len(run["world_model"]["recon_error_by_step"]) == 15
         assert Path(run["logdir"]).name == f"toy_catch-o16-{run['agent']}-seed0"
+        assert run["prefill"] == 60  # read back from the run's config
     assert result["agents"]["mwm"]["ci95"] is None  # one seed
+    assert result["agents"]["mwm"]["prefill"] == result["agents"]["dreamerv2"]["prefill"] == 60
     assert (logdir / "learning.png").stat().st_size > 0
     table = capsys.readouterr().out
     assert "final return" in table and "random" in table and "fewer than 3 seeds" in table

@@ -14,12 +14,13 @@ from mwm.errors import UserError  # noqa: E402
 RANDOM = [-1.0, -0.6, -0.8]
 
 
-def _result(tmp_path, name, agents: dict, size=16, drift=0.0, random=RANDOM, steps=8000):
+def _result(tmp_path, name, agents: dict, size=16, drift=0.0, random=RANDOM, steps=8000, prefill=1000):
     """A saved learning.py result of ``agents`` (agent -> final means by seed)."""
     argv = ["--agents", *agents, "--object-size", str(size), "--drift", str(drift), "--steps", str(steps)]
     args = learning.parse_args(argv)
     runs = [{"agent": agent, "seed": seed, "final_mean": value, "agent_steps_per_s": 10.0, "minutes": 1.0,
-             "evals": [[1000, value]]} for agent, finals in agents.items() for seed, value in enumerate(finals)]
+             "evals": [[1000, value]], "prefill": prefill}
+            for agent, finals in agents.items() for seed, value in enumerate(finals)]
     path = tmp_path / name
     path.write_text(json.dumps(learning.summarise(args, runs, random)))
     return str(path)
@@ -96,3 +97,23 @@ def test_files_of_another_protocol_are_not_columns_of_one_sweep(tmp_path):
     b = _result(tmp_path, "b.json", {"curl": [1.0, 1.0, 1.0]}, size=8, steps=12000)
     with pytest.raises(UserError, match="differ in steps .8000 vs 12000."):
         learning_sweep.sweep([a, b])
+
+
+def test_agents_that_started_from_different_prefills_are_not_compared(tmp_path):
+    """A size preset once shortened the Dreamer agents' prefill to 100 steps while CURL's stayed at
+    1000: such files do not make one sweep, in one column or across columns."""
+    curl = _result(tmp_path, "curl.json", {"curl": [2.0, 1.8, 4.0]}, size=8)
+    short = _result(tmp_path, "mwm.json", {"mwm": [0.0, -2.0, 2.5]}, size=8, prefill=100)
+    with pytest.raises(UserError, match="mwm in .*mwm.json started after 100 random-policy steps, curl in "
+                                        ".*curl.json after 1000"):
+        learning_sweep.sweep([curl, short])
+    other_size = _result(tmp_path, "mwm4.json", {"mwm": [0.0, -2.0, 2.5]}, size=4, prefill=100)
+    with pytest.raises(UserError, match="started after 100 random-policy steps"):
+        learning_sweep.sweep([curl, other_size])
+    unrecorded = json.loads(Path(short).read_text())
+    unrecorded["agents"]["mwm"].pop("prefill")
+    Path(short).write_text(json.dumps(unrecorded))
+    with pytest.raises(UserError, match="after an unrecorded number of random-policy steps"):
+        learning_sweep.sweep([curl, short])
+    same = _result(tmp_path, "mwm8.json", {"mwm": [0.0, -2.0, 2.5]}, size=8)
+    assert learning_sweep.sweep([curl, same])["results"][0]["agents"]["mwm"]["prefill"] == 1000
