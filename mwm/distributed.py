@@ -354,11 +354,11 @@ def follower_run(cfg, path: Path):
             self.committed = True
 
         def restore(self, agent, replay=None) -> Dict:
-            """Nothing read here: the state comes from rank 0 (share_state), and this replay
-            shard's sampler starts from the rank's seed."""
+            """Nothing read here: the state, this rank's replay sampler's included, comes from
+            rank 0 (share_state)."""
             return {}
 
-        def save(self, agent, counters: Dict, replay=None) -> None:
+        def save(self, agent, counters: Dict, replay=None, replay_ranks=None) -> None:
             return None
 
     return FollowerRun(path, cfg, torch.device("cpu"), resumed=False)
@@ -378,17 +378,32 @@ def rank_seed(seed: int, envs: int = 1) -> int:
     return seed + _world.rank * envs
 
 
-def share_state(agent, counters: Dict, seed: int) -> Dict:
+def replay_states(replay) -> Optional[List[Dict]]:
+    """Every rank's replay sampler state, in rank order, for rank 0's checkpoint (a collective:
+    every rank calls it at the same step); None with one process, whose checkpoint holds its own."""
+    if not _world.active:
+        return None
+    states: List[Optional[Dict]] = [None] * _world.size
+    mine = replay.rng_state()
+    _collective(lambda: torch.distributed.all_gather_object(states, mine))
+    return states
+
+
+def share_state(agent, counters: Dict, seed: int, replay=None, replay_ranks: Optional[List[Dict]] = None) -> Dict:
     """After rank 0 restored ``agent`` (or built it fresh): every rank takes rank 0's weights,
-    optimiser states and counters; then each rank's torch, numpy and python generators are
-    seeded apart (from ``seed``, the rank and the step), so masks and samples differ by rank."""
+    optimiser states and counters, and its own replay sampler's state from ``replay_ranks``
+    (rank 0's checkpoint; a fresh run has none and keeps the rank's seed); then each rank's
+    torch, numpy and python generators are seeded apart (from ``seed``, the rank and the step),
+    so masks and samples differ by rank."""
     if not _world.active:
         return counters
-    payload = [_to_cpu(agent.state_dict()), counters] if _world.writer else [None, None]
+    payload = [_to_cpu(agent.state_dict()), counters, replay_ranks] if _world.writer else [None, None, None]
     _collective(lambda: torch.distributed.broadcast_object_list(payload, src=0))
     if not _world.writer:
         agent.load_state_dict(payload[0])
-    counters = dict(payload[1])
+    counters, saved = dict(payload[1]), payload[2]
+    if replay is not None and saved is not None and len(saved) == _world.size:
+        replay.set_rng_state(saved[_world.rank])
     from mwm.runtime import seed_everything
 
     seed_everything((seed + 1_000_003 * (_world.rank + 1) + 7919 * int(counters.get("step", 0))) % 2**31)

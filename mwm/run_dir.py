@@ -231,6 +231,7 @@ class RunDir:
         self._created = list(created)  # what this start made, removed again if it fails before commit()
         self.committed = cfg is None or (path / "config.yaml").exists()
         self._times = None  # (atime, mtime) in ns of a folder that existed before this start
+        self.replay_ranks = None  # restore(): every rank's replay sampler state, where the checkpoint has them
 
     def commit(self) -> None:
         """The start succeeded (replay, envs and agent built): write ``config.yaml`` if new.
@@ -308,14 +309,16 @@ class RunDir:
         set_rng_state(state["rng"])
         if replay is not None and "replay" in state["rng"]:  # checkpoints from before it: the replay's seed
             replay.set_rng_state(state["rng"]["replay"])
+        self.replay_ranks = state["rng"].get("replay_ranks")  # torchrun's ranks: given out by share_state
         print(f"resuming from {path} at step {counters['step']}")
         return counters
 
-    def save(self, agent, counters: Dict, replay=None) -> str:
+    def save(self, agent, counters: Dict, replay=None, replay_ranks=None) -> str:
         """Write ``checkpoint-<step>.pt`` (atomic, newest ``run.keep_checkpoints`` kept); returns its path.
 
         The RNG states saved are the process's (python, numpy, torch) and, given ``replay``, its
-        sampler's (``rng["replay"]``).
+        sampler's (``rng["replay"]``); under torchrun also every rank's sampler, in rank order
+        (``rng["replay_ranks"]``, from :func:`mwm.distributed.replay_states`).
 
         Weights holding NaN or inf are refused with a UserError and the previous
         checkpoints stay as they are.
@@ -326,6 +329,8 @@ class RunDir:
         state = {"agent": agent.state_dict(), "counters": dict(counters), "rng": rng_state()}
         if replay is not None:
             state["rng"]["replay"] = replay.rng_state()
+        if replay_ranks is not None:
+            state["rng"]["replay_ranks"] = replay_ranks
         bad = first_nonfinite(state)
         if bad is not None:
             from mwm.checkpoint import list_checkpoints

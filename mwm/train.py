@@ -373,7 +373,8 @@ class Training:
     def save(self) -> None:
         """``checkpoint-<step>.pt`` (and its milestone copy when due)."""
         step = self.counters.step
-        path = self.run.save(self.agent, self.counters.as_dict(), self.replay)
+        ranks = distributed.replay_states(self.replay)  # every rank's sampler (torchrun), for rank 0's checkpoint
+        path = self.run.save(self.agent, self.counters.as_dict(), self.replay, replay_ranks=ranks)
         keep_milestone(path, step, self.cfg.run.milestone_every)
         self.saved_step = step
 
@@ -424,7 +425,8 @@ def build(run: RunDir):
             raise UserError(f"cannot build the {r.agent} agent from this config ({error}): change the flag "
                             "that sets it") from error
         check_model(cfg, agent, device)
-        counters = Counters.from_dict(distributed.share_state(agent, run.restore(agent, replay), r.seed))
+        restored = run.restore(agent, replay)
+        counters = Counters.from_dict(distributed.share_state(agent, restored, r.seed, replay, run.replay_ranks))
         run.commit()
         logger = distributed.make_logger(lambda: Logger(run.path))
     except BaseException:

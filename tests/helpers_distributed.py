@@ -165,8 +165,24 @@ def scenario_nonfinite(rank: int, size: int, tmp: Path) -> dict:
             "model_nonfinite": int(agent.wm_opt.nonfinite_in_row), "model_loss": float(metrics["model/loss"])}
 
 
+def scenario_replay_resume(rank: int, size: int, tmp: Path) -> dict:
+    """Each rank's replay sampler state goes into rank 0's checkpoint and comes back to that rank."""
+    from mwm import distributed
+    from replay import Replay
+
+    replay = Replay(tmp / f"rank{rank}", capacity=1000, seed=rank)
+    replay.set_rng_state(np.random.default_rng(100 + rank).bit_generator.state)  # where its sampling had got to
+    gathered = distributed.replay_states(replay)
+    resumed = Replay(tmp / f"rank{rank}", capacity=1000, seed=rank)  # a restarted rank: its seed's sampler
+    fresh = resumed.rng_state()
+    layer = torch.nn.Linear(2, 2)
+    counters = distributed.share_state(layer, {"step": 40}, 0, resumed, gathered if rank == 0 else None)
+    return {"saved": replay.rng_state(), "gathered": gathered, "fresh": fresh, "resumed": resumed.rng_state(),
+            "counters": counters}
+
+
 SCENARIOS = {"nonfinite": scenario_nonfinite, "identical": scenario_identical, "split": scenario_split,
-             "startup": scenario_startup}
+             "startup": scenario_startup, "replay_resume": scenario_replay_resume}
 
 
 def run_rank(rank: int, size: int, port: int, out: str, scenario: str, kwargs: dict, backend: str) -> None:

@@ -47,6 +47,17 @@ def test_nccl_ranks_with_cuda_graphs_keep_identical_parameters(tmp_path):
         assert any(not torch.equal(a, b) for a, b in zip(ranks[0][name]["first"], ranks[0][name]["params"])), name
 
 
+def test_each_ranks_replay_sampler_is_saved_by_rank_0_and_resumes_where_it_was(tmp_path):
+    """Rank 0's checkpoint holds every rank's replay sampler (rng["replay_ranks"]); on resume each rank
+    continues its own stream, not its seed's start over again nor rank 0's."""
+    zero, one = spawn("replay_resume", tmp_path)
+    assert zero["gathered"] == one["gathered"] == [zero["saved"], one["saved"]]
+    assert zero["saved"] != one["saved"]
+    for rank in (zero, one):
+        assert rank["resumed"] == rank["saved"] != rank["fresh"]
+        assert rank["counters"] == {"step": 40}
+
+
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
