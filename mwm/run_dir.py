@@ -346,9 +346,10 @@ class RunDir:
 
 
 def prepare_run(env: str, agent: str, preset: str, overrides: Sequence[str], resume: bool = False,
-                check_env: bool = True) -> RunDir:
-    """Validate everything, then create (or reopen) the run directory."""
-    cfg = config_lib.build(env, agent, preset, overrides)
+                check_env: bool = True, cfg: Optional[DictConfig] = None) -> RunDir:
+    """Validate everything, then create (or reopen) the run directory. ``cfg``: the config of
+    (env, agent, preset, overrides) where the caller built it already."""
+    cfg = config_lib.build(env, agent, preset, overrides) if cfg is None else cfg
     if not cfg.run.logdir:
         cfg.run.logdir = f"runs/{env}-{agent}-seed{cfg.run.seed}"
     path = Path(cfg.run.logdir).expanduser()

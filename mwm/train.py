@@ -22,6 +22,7 @@ in a row also exit 2, keeping the last (finite) checkpoint.
 
 from __future__ import annotations
 
+import copy
 import errno
 import signal
 import sys
@@ -182,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg, overrides = distributed.start(lambda extra: config_lib.build(args.env, args.agent, args.preset, extra),
                                        overrides)  # torchrun: join the ranks; one process: as before
     run = distributed.open_run(lambda: prepare_run(args.env, args.agent, args.preset, overrides,
-                                                   resume=args.resume), cfg)
+                                                   resume=args.resume, cfg=copy.deepcopy(cfg)), cfg)
     stop = StopFlag()
     stop.install()
     finished = False
