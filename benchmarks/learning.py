@@ -319,7 +319,7 @@ def comparisons(result: dict) -> list:
     prefills = {name: g.get("prefill") for name, g in result["agents"].items()}
     if len(set(prefills.values())) > 1:
         lines.append("warning: the agents did not start from the same random-policy prefill ("
-                     + ", ".join(f"{name} {value if value is not None else 'unknown'}"
+                     + ", ".join(f"{name} {value if value is not None else 'unrecorded or mixed'}"
                                  for name, value in prefills.items()) + "): not one protocol")
     random = result["random"]
     for name, g in result["agents"].items():
