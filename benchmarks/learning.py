@@ -175,6 +175,17 @@ def train_command(args, agent: str, seed: int, logdir: Path) -> list:
             *merge_flags(protocol, setting_flags, args.overrides)]
 
 
+RUN_KEYS = ("--seed", "--logdir")  # the flags that tell one seed's run from another's
+
+
+def run_flags(cmd: list) -> list:
+    """The ``mwm.train`` flags of a run that every seed of its agent shares: the whole command
+    after ``mwm.train`` but ``--seed`` and ``--logdir``. A result file keeps them, so that it
+    says what each agent ran with even after ``SETTINGS`` changes."""
+    args = cmd[cmd.index("mwm.train") + 1:]
+    return [item for key, value in zip(args[::2], args[1::2]) if key not in RUN_KEYS for item in (key, value)]
+
+
 class RunFailed(Exception):
     """A training run crashed (not a user error): one line naming its log, exit status 1."""
 
@@ -244,7 +255,8 @@ def train_run(args, agent: str, seed: int) -> dict:
 
     prefilled = int(config_lib.load(logdir / "config.yaml").run.prefill)  # what the run did, reused or not
     return {"agent": agent, "seed": seed, "logdir": str(logdir), "evals": evals, "minutes": minutes,
-            "agent_steps_per_s": float(speeds[-1]) if speeds else None, "prefill": prefilled}
+            "agent_steps_per_s": float(speeds[-1]) if speeds else None, "prefill": prefilled,
+            "flags": run_flags(cmd)}
 
 
 def episodes(env_name: str, env_kwargs: dict, count: int, seed: int, policy_dir: str = "") -> list:
@@ -269,11 +281,12 @@ def group(name: str, seed_means: list) -> dict:
             "ci95": interval(seed_means)}
 
 
-def common_prefill(runs: list):
-    """The random-policy steps every one of ``runs`` started with (read from each run's config);
-    None where a run has no record or the runs differ."""
-    values = {run.get("prefill") for run in runs}
-    return values.pop() if len(values) == 1 else None
+def common(runs: list, key: str):
+    """The value of ``key`` every one of ``runs`` shares (``prefill``: the random-policy steps
+    read from each run's config; ``flags``: its mwm.train flags); None where a run has no
+    record or the runs differ."""
+    values = {json.dumps(run.get(key)) for run in runs}
+    return json.loads(values.pop()) if len(values) == 1 else None
 
 
 def summarise(args, runs: list, random_means: list) -> dict:
@@ -288,7 +301,8 @@ def summarise(args, runs: list, random_means: list) -> dict:
         speeds = [run["agent_steps_per_s"] for run in mine if run["agent_steps_per_s"]]
         summary["agent_steps_per_s"] = float(np.mean(speeds)) if speeds else None
         summary["minutes"] = float(np.mean([run["minutes"] for run in mine]))
-        summary["prefill"] = common_prefill(mine)
+        summary["prefill"] = common(mine, "prefill")
+        summary["flags"] = common(mine, "flags")
         agents[agent] = summary
     random = group("random", random_means)
     for summary in agents.values():

@@ -10,8 +10,9 @@ one figure:
     python benchmarks/learning_sweep.py sweep.json        # a saved sweep: its table again
 
 Every file must share one protocol (env, setting, steps, final episodes, extra flags,
-and the random-policy prefill every agent started from, as each run's config records it);
-the settings are the object size and the drift. Files of the same setting are merged,
+the random-policy prefill every agent started from, as each run's config records it,
+and each agent's mwm.train flags, where the file records them); the settings are the
+object size and the drift. Files of the same setting are merged,
 so agents trained by separate commands into one logdir (``--agents curl --out
 curl.json``, ``--agents mwm --out mwm.json``) make one column. Merging recomputes each agent's figure from its runs' final means (the mean of
 seed means with its 95% bootstrap interval, none from fewer than 3 seeds), exactly as
@@ -45,6 +46,7 @@ from mwm.errors import UserError  # noqa: E402
 # What every file of a sweep shares (its protocol), and what tells its settings apart.
 PROTOCOL_KEYS = ("env", "setting", "steps", "final_episodes", "overrides")
 SETTING_KEYS = (*PROTOCOL_KEYS, "object_size", "drift")
+SETTING_FLAGS = ("--env.object_size", "--env.drift")  # the mwm.train flags a sweep varies
 
 
 def setting_of(result: dict) -> tuple:
@@ -69,6 +71,27 @@ def check_prefill(result: dict, path: str, first: dict, first_path: str) -> None
             raise UserError(f"{agent} in {path} started after {steps(g)} random-policy steps, {want_agent} in "
                             f"{first_path} after {steps(want)}: a sweep compares agents under one protocol; "
                             "re-train with the same --prefill")
+
+
+def check_flags(result: dict, path: str, seen: dict) -> None:
+    """An agent runs with the same mwm.train flags at every setting of a sweep, but for the
+    object size and drift: a setting's flags may change between commands (``learning.SETTINGS``
+    once standardised MWM's tokens). ``seen`` maps agent -> (flags, path) of the files read so
+    far; files without the record (written before it existed) are not compared."""
+    for agent, g in result["agents"].items():
+        if g.get("flags") is None:
+            continue
+        pairs = zip(g["flags"][::2], g["flags"][1::2])
+        flags = [item for key, value in pairs if key not in SETTING_FLAGS for item in (key, value)]
+        if agent not in seen:
+            seen[agent] = (flags, path)
+            continue
+        want, want_path = seen[agent]
+        if flags != want:
+            differ = sorted({*flags[::2], *want[::2]} - {key for key, value in set(zip(flags[::2], flags[1::2]))
+                                                          & set(zip(want[::2], want[1::2]))})
+            raise UserError(f"{agent} ran with other mwm.train flags in {path} than in {want_path} ({', '.join(differ)}): "
+                            "a sweep compares one setting of each agent; re-train with the same flags")
 
 
 def merge(results: list, names: list) -> dict:
@@ -97,6 +120,7 @@ def sweep(paths: list) -> dict:
     """Merged results by setting, ordered by drift, then from the largest object to the
     smallest. A file is a result of ``learning.py`` or a sweep this script saved."""
     by_setting: dict = {}
+    flags_seen: dict = {}
     for path in paths:
         try:
             loaded = json.loads(Path(path).read_text())
@@ -115,6 +139,7 @@ def sweep(paths: list) -> dict:
                                     f"{result.get(key)}): a sweep compares object sizes and drift under one "
                                     "protocol; pass files of one")
             check_prefill(result, str(path), first, first_path)
+            check_flags(result, str(path), flags_seen)
     merged = [merge([r for r, _ in group], [n for _, n in group]) for group in by_setting.values()]
     merged.sort(key=lambda r: (r.get("drift") or 0.0, -(r.get("object_size") or 0)))
     return {"settings": [label(r) for r in merged], "results": merged}

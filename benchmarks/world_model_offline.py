@@ -47,7 +47,7 @@ the world model).
     # a CURL run's replay holds a competent policy's episodes (many catches)
     python benchmarks/world_model_offline.py --replay runs/bench16/toy_catch-o16-curl-seed0/replay \\
         --agent mwm --updates 2000 --every 250 \\
-        --variant "base:" --variant "no token norm: --wm.token_norm false --wm.recon_scale 1"
+        --variant "base:" --variant "token norm: --wm.token_norm true --wm.recon_scale 8"
 
 ``--encoder-pool flatten`` tries an encoder the library does not have yet (MWM and
 SiamMAE): the flat-ViT encoder's mean over tokens is replaced by one linear map of all

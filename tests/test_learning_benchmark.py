@@ -101,8 +101,12 @@ def test_benchmark_trains_compares_diagnoses_and_reuses_finished_runs(tmp_path, 
         assert len(run["world_model"]["recon_error_by_step"]) == 15
         assert Path(run["logdir"]).name == f"toy_catch-o16-{run['agent']}-seed0"
         assert run["prefill"] == 60  # read back from the run's config
+        shared = dict(zip(run["flags"][::2], run["flags"][1::2]))  # what every seed of the agent shares
+        assert shared["--agent"] == run["agent"] and shared["--run.prefill"] == "60"
+        assert "--seed" not in shared and "--logdir" not in shared
     assert result["agents"]["mwm"]["ci95"] is None  # one seed
     assert result["agents"]["mwm"]["prefill"] == result["agents"]["dreamerv2"]["prefill"] == 60
+    assert result["agents"]["mwm"]["flags"] == next(r["flags"] for r in result["runs"] if r["agent"] == "mwm")
     assert (logdir / "learning.png").stat().st_size > 0
     table = capsys.readouterr().out
     assert "final return" in table and "random" in table and "fewer than 3 seeds" in table

@@ -16,10 +16,12 @@ RANDOM = [-1.0, -0.6, -0.8]
 
 def _result(tmp_path, name, agents: dict, size=16, drift=0.0, random=RANDOM, steps=8000, prefill=1000):
     """A saved learning.py result of ``agents`` (agent -> final means by seed)."""
-    argv = ["--agents", *agents, "--object-size", str(size), "--drift", str(drift), "--steps", str(steps)]
+    argv = ["--agents", *agents, "--object-size", str(size), "--drift", str(drift), "--steps", str(steps),
+            "--prefill", str(prefill)]
     args = learning.parse_args(argv)
     runs = [{"agent": agent, "seed": seed, "final_mean": value, "agent_steps_per_s": 10.0, "minutes": 1.0,
-             "evals": [[1000, value]], "prefill": prefill}
+             "evals": [[1000, value]], "prefill": prefill,
+             "flags": learning.run_flags(learning.train_command(args, agent, seed, tmp_path / "run"))}
             for agent, finals in agents.items() for seed, value in enumerate(finals)]
     path = tmp_path / name
     path.write_text(json.dumps(learning.summarise(args, runs, random)))
@@ -117,3 +119,23 @@ def test_agents_that_started_from_different_prefills_are_not_compared(tmp_path):
         learning_sweep.sweep([curl, short])
     same = _result(tmp_path, "mwm8.json", {"mwm": [0.0, -2.0, 2.5]}, size=8)
     assert learning_sweep.sweep([curl, same])["results"][0]["agents"]["mwm"]["prefill"] == 1000
+
+
+def test_an_agent_that_ran_with_other_flags_at_another_size_is_refused(tmp_path, monkeypatch):
+    """The benchmark's MWM setting once standardised the tokens and now does not: files from
+    before and after such a change would put two algorithms in one row. Each agent's mwm.train
+    flags, but for the object size and drift, must match across a sweep; files that do not
+    record them (older ones) are not compared."""
+    mwm16 = _result(tmp_path, "mwm16.json", {"mwm": [0.0, -2.0, 2.5]}, size=16)
+    mwm8 = _result(tmp_path, "mwm8.json", {"mwm": [0.0, -1.0, 1.5]}, size=8, drift=1.0)
+    assert learning_sweep.sweep([mwm16, mwm8])["settings"] == ["16 px", "8 px, drift 1"]
+    preset, flags = learning.SETTINGS["cpu"]["mwm"]
+    monkeypatch.setitem(learning.SETTINGS["cpu"], "mwm", (preset, [*flags, "--wm.token_norm", "true"]))
+    changed = _result(tmp_path, "mwm4.json", {"mwm": [0.0, -1.0, 1.5]}, size=4)
+    with pytest.raises(UserError, match=r"mwm ran with other mwm.train flags in .*mwm4.json than in .*mwm16.json "
+                                        r"\(--wm.token_norm\)"):
+        learning_sweep.sweep([mwm16, changed])
+    unrecorded = json.loads(Path(changed).read_text())
+    unrecorded["agents"]["mwm"].pop("flags")
+    Path(changed).write_text(json.dumps(unrecorded))
+    assert learning_sweep.sweep([mwm16, changed])["settings"] == ["16 px", "4 px"]
