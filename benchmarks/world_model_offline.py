@@ -284,8 +284,28 @@ def variance_share(x: np.ndarray, labels: np.ndarray) -> float:
     return float(1 - (x - design @ coef).var(0).sum() / total) if total > 0 else float("nan")
 
 
-def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], threshold: float) -> Dict[str, float]:
-    """Reward predictions from the posterior of whole held-out episodes, and the probe."""
+def probe_features(agent, train_eps: Sequence[Dict]) -> List[Dict[str, np.ndarray]]:
+    """:func:`posterior_features_numpy` of the probes' training episodes (the first
+    ``PROBE_EPISODES`` of ``train_eps``); none where the episodes carry no probe targets."""
+    probe_eps = train_eps[:PROBE_EPISODES]
+    if not probe_eps or probe_targets(probe_eps[0]) is None:
+        return []
+    return [posterior_features_numpy(agent, episode) for episode in probe_eps]
+
+
+def score_point(agent, windows: Dict, train_eps: Sequence[Dict], held_eps: Sequence[Dict],
+                threshold: float) -> Dict[str, Dict]:
+    """The open- and closed-loop scores of one scoring point, the probes' training features
+    computed once for both."""
+    probe_feats = probe_features(agent, train_eps)
+    return {"open_loop": open_loop_scores(agent, windows, threshold, train_eps, probe_feats),
+            "closed_loop": closed_loop(agent, train_eps, held_eps, threshold, probe_feats)}
+
+
+def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], threshold: float,
+                probe_feats: Sequence[Dict] | None = None) -> Dict[str, float]:
+    """Reward predictions from the posterior of whole held-out episodes, and the probe
+    (fitted on ``probe_feats``, :func:`probe_features` of ``train_eps``; made here if None)."""
     import torch
 
     from mwm.diagnostics import event_scores, pearson
@@ -295,7 +315,7 @@ def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], thre
     held = [posterior_features_numpy(agent, episode) for episode in held_eps]
     targets_available = probe_targets(held_eps[0]) is not None
     probe_eps = train_eps[:PROBE_EPISODES] if targets_available else []
-    train = [posterior_features_numpy(agent, episode) for episode in probe_eps]
+    train = list(probe_feats) if probe_feats is not None else probe_features(agent, train_eps)
     head = np.concatenate([out["head"] for out in held])  # (N,) squashed predictions
     truth = np.concatenate([episode["reward"] for episode in held_eps]).astype(np.float64)  # (N,)
     target = squash(torch.as_tensor(truth), transform).numpy()
@@ -356,24 +376,28 @@ def squash_inverse(values: np.ndarray, transform: str) -> np.ndarray:
     return values
 
 
-def open_loop_scores(agent, windows: Dict, threshold: float, train_eps: Sequence[Dict] = ()) -> Dict[str, float]:
+def open_loop_scores(agent, windows: Dict, threshold: float, train_eps: Sequence[Dict] = (),
+                     probe_feats: Sequence[Dict] | None = None) -> Dict[str, float]:
     """:func:`mwm.diagnostics.open_loop` on the held-out windows, with the sign accuracy; where
     the windows carry ``probe_targets`` (B, T, 3), the probe of the open loop: the ridge probe
     fitted on the posterior features of ``train_eps`` (as in :func:`closed_loop`), applied at
     every predicted step to the prior's features (``probe_r2_*_by_step``, what the reward
     head reads in imagination) and to the posterior's (``post_probe_r2_*_by_step``, every
     step observed). ``post_sign_acc`` and ``post_reward_corr_by_step`` score the reward head
-    on the posterior of the same steps."""
+    on the posterior of the same steps. Every score reads one sampled rollout.
+    ``probe_feats``: :func:`probe_features` of ``train_eps``, made here if None."""
     import torch
 
     from mwm import diagnostics
 
-    result = diagnostics.open_loop(agent, windows, threshold=threshold)
     with torch.no_grad():
         was_training = agent.wm.training
         agent.wm.eval()
-        predicted = diagnostics.predict(agent, windows)
-        agent.wm.train(was_training)
+        try:
+            predicted = diagnostics.predict(agent, windows)
+        finally:
+            agent.wm.train(was_training)
+    result = diagnostics.open_loop(agent, windows, threshold=threshold, prediction=predicted)
     pred = predicted["reward"].numpy()  # (B, H)
     truth = windows["reward"][:, diagnostics.CONTEXT:].float().numpy()
     keys = ("reward_corr", "reward_precision", "reward_recall", "reward_events_true", "reward_events_predicted",
@@ -391,7 +415,8 @@ def open_loop_scores(agent, windows: Dict, threshold: float, train_eps: Sequence
                                        for h in range(truth.shape[1])]
     if "probe_targets" in windows and train_eps:
         probe_eps = train_eps[:PROBE_EPISODES]
-        probe = ridge_fit(np.concatenate([posterior_features_numpy(agent, ep)["feat"] for ep in probe_eps]),
+        feats = list(probe_feats) if probe_feats is not None else probe_features(agent, train_eps)
+        probe = ridge_fit(np.concatenate([out["feat"] for out in feats]),
                           np.concatenate([probe_targets(ep) for ep in probe_eps]))
         targets = windows["probe_targets"][:, diagnostics.CONTEXT:]  # (B, H, 3)
         events = np.abs(truth) >= threshold  # (B, H): where a catch or miss is decided
@@ -468,8 +493,7 @@ def train_variant(name: str, flags: List[str], args, train: List, held: List, pr
                 if update % args.every == 0 or update == args.updates:
                     point = {"updates": update, "seconds": time.time() - start,
                              "train_reward_loss": float(np.mean(losses)), "train_zero_loss": float(np.mean(zeros)),
-                             "open_loop": open_loop_scores(agent, windows, args.threshold, train_eps),
-                             "closed_loop": closed_loop(agent, train_eps, held_eps, args.threshold)}
+                             **score_point(agent, windows, train_eps, held_eps, args.threshold)}
                     curve.append(point)
                     print_row(name, point, flush=True)
                     losses, zeros = [], []
@@ -499,8 +523,7 @@ def score_run(run: str, args, train: List, held: List) -> Dict:
         windows = held_out_windows(held_eps, args)
         point = {"updates": int(state["counters"].get("updates", 0)), "seconds": 0.0,
                  "train_reward_loss": float("nan"), "train_zero_loss": float("nan"),
-                 "open_loop": open_loop_scores(agent, windows, args.threshold, [ep for _, ep in train]),
-                 "closed_loop": closed_loop(agent, [ep for _, ep in train], held_eps, args.threshold)}
+                 **score_point(agent, windows, [ep for _, ep in train], held_eps, args.threshold)}
     finally:
         agent.close()
     name = Path(run).name

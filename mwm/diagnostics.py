@@ -117,18 +117,20 @@ def predict(agent, batch: Dict[str, torch.Tensor], context: int = CONTEXT) -> Di
 
 @torch.no_grad()
 def open_loop(agent, batch: Dict[str, torch.Tensor], context: int = CONTEXT,
-              threshold: float = EVENT_THRESHOLD) -> Dict[str, object]:
+              threshold: float = EVENT_THRESHOLD, prediction: Dict[str, torch.Tensor] | None = None) -> Dict[str, object]:
     """Score the agent's world model on sequences (B, context + horizon, ...); see the module doc.
 
     ``agent`` is a Dreamer-family agent: ``agent.wm`` (:class:`mwm.world_model.WorldModel`),
-    ``agent.representation`` (:class:`mwm.representation.Representation`).
+    ``agent.representation`` (:class:`mwm.representation.Representation`). ``prediction``:
+    :func:`predict`'s output on the same batch in eval mode, where a caller scores more of
+    the same sampled rollout; by default it is made here.
     Returns floats and per-step lists (index h = horizon step h + 1).
     """
     wm = agent.wm
     was_training = wm.training
     wm.eval()
     try:
-        out = predict(agent, batch, context)
+        out = predict(agent, batch, context) if prediction is None else prediction
         inputs = out["inputs"]
         kl = categorical_kl(out["post"], out["prior"])  # (B, T)
         post_ent = OneHotCategorical(out["post"]).entropy().sum(-1)  # (B, T)

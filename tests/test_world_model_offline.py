@@ -181,3 +181,35 @@ def test_the_ridge_probe_of_wide_inputs_equals_the_narrow_forms_solution():
     pred = (x_test - x.mean(0)) @ weights + y.mean(0)
     expected = 1 - ((y_test - pred) ** 2).sum(0) / ((y_test - y_test.mean(0)) ** 2).sum(0)
     assert wide == pytest.approx(list(expected))
+
+
+def test_a_scoring_point_reads_one_rollout_and_featurises_each_episode_once(tmp_path, monkeypatch):
+    """The open-loop figures of diagnostics.open_loop and the ones added here (sign at events,
+    probes of the prior) score the same sampled rollout, and the probes' training episodes
+    are encoded once for the open- and closed-loop probes (the posterior samples, so two
+    passes would fit the probes on different features)."""
+    from mwm import diagnostics
+
+    _write_replay(tmp_path / "replay", 6)
+    args = offline.parse_args(["--replay", str(tmp_path / "replay"), "--sequences", "4", *SCORE_FLAGS])
+    agent = offline.make_world_model_agent(offline.build_config("mwm", "cpu", "toy_catch", args.overrides), seed=0)
+    train, held = offline.split_episodes(offline.load_episodes(str(tmp_path / "replay")), 3)
+    train_eps, held_eps = [ep for _, ep in train], [ep for _, ep in held]
+    windows = offline.held_out_windows(held_eps, args)
+    predictions, encoded = [], []
+    predict, features = diagnostics.predict, offline.posterior_features
+    monkeypatch.setattr(diagnostics, "predict", lambda *a, **k: predictions.append(predict(*a, **k)) or predictions[-1])
+    monkeypatch.setattr(offline, "posterior_features", lambda a, ep: encoded.append(ep) or features(a, ep))
+    try:
+        point = offline.score_point(agent, windows, train_eps, held_eps, 0.5)
+    finally:
+        agent.close()
+    (rollout,) = predictions
+    truth = windows["reward"][:, diagnostics.CONTEXT:].float().numpy()
+    assert point["open_loop"]["reward_corr"] == pytest.approx(diagnostics.pearson(rollout["reward"].numpy(), truth),
+                                                              nan_ok=True)
+    assert point["open_loop"]["sign_acc"] == pytest.approx(
+        offline.event_sign_accuracy(rollout["reward"].numpy(), truth, 0.5), nan_ok=True)
+    probe_eps = train_eps[:offline.PROBE_EPISODES]
+    assert len(encoded) == len(probe_eps) + len(held_eps)
+    assert "probe_r2_paddle_by_step" in point["open_loop"] and "probe_r2_paddle" in point["closed_loop"]
