@@ -20,9 +20,10 @@ one command over all the agents would. An agent found twice at one setting, or t
 files of one setting whose random-policy baselines differ (other seeds, episodes or
 env), is refused: their runs are not comparable.
 
-Prints a table per agent and setting (Markdown too, for the docs), writes the merged
-results as JSON (``--out``) and a PNG of final return against object size (``--plot``),
-one panel per drift speed, the random policy as a grey band.
+Prints a table per agent and setting (Markdown too, for the docs) of final return and,
+for the Dreamer family, of their world models' open-loop reward correlation; writes the
+merged results as JSON (``--out``) and a PNG of both against object size (``--plot``),
+one column of panels per drift speed, the random policy as a grey band.
 """
 
 from __future__ import annotations
@@ -160,72 +161,110 @@ def cell(group: dict) -> str:
     return learning.fmt_group(group) + (" >rnd" if group.get("beats_random") else "")
 
 
-def rows(swept: dict) -> list:
-    """[agent, cell per setting] for every agent, then the random policy."""
-    table = []
+# What a table or a figure panel shows of each agent at each setting: its final return
+# (the benchmark's score), or the open-loop reward correlation of its world model (the
+# Dreamer family's diagnostics: 5 observed steps, 15 predicted), where the agent has one.
+METRICS = {"return": lambda group: group, "reward_corr": lambda group: group.get("reward_corr")}
+
+
+def has_metric(swept: dict, metric: str) -> bool:
+    return any(METRICS[metric](g) for r in swept["results"] for g in r["agents"].values())
+
+
+def rows(swept: dict, metric: str = "return") -> list:
+    """[agent, cell per setting] for every agent that has ``metric``, then (for the return)
+    the random policy."""
+    pick, table = METRICS[metric], []
     for name in agent_names(swept):
-        table.append([name] + [cell(r["agents"].get(name)) for r in swept["results"]])
-    table.append(["random"] + [cell(r["random"]) for r in swept["results"]])
+        groups = [r["agents"].get(name) for r in swept["results"]]
+        if any(g and pick(g) for g in groups):
+            table.append([name] + [cell(pick(g) if g else None) for g in groups])
+    if metric == "return":
+        table.append(["random"] + [cell(r["random"]) for r in swept["results"]])
     return table
 
 
-def markdown(swept: dict) -> str:
+def markdown(swept: dict, metric: str = "return") -> str:
     lines = ["| agent | " + " | ".join(swept["settings"]) + " |",
              "|---|" + "---|" * len(swept["settings"])]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(swept)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(swept, metric)]
     return "\n".join(lines)
 
 
 def print_table(swept: dict) -> None:
+    """The final returns, then the world models' open-loop reward correlation."""
     first = swept["results"][0]
     print(f"\n{first['env']}, setting {first['setting']}, {first['steps']} agent steps; final policy: "
           f"{first['final_episodes']} episodes per seed; mean of seed means [95% bootstrap CI over seeds]; "
           "'>rnd': the interval lies above the random policy's")
-    width = max(34, *(len(c) for row in rows(swept) for c in row[1:]))
-    print(f"{'agent':<10} | " + " | ".join(f"{s:<{width}}" for s in swept["settings"]))
-    for row in rows(swept):
-        print(f"{row[0]:<10} | " + " | ".join(f"{c:<{width}}" for c in row[1:]))
+    titles = {"return": "final return", "reward_corr": "world model: open-loop reward correlation (15 steps)"}
+    for metric, title in titles.items():
+        if not has_metric(swept, metric):
+            continue
+        table = rows(swept, metric)
+        width = max(34, *(len(c) for row in table for c in row[1:]))
+        print(f"\n{title}\n{'agent':<10} | " + " | ".join(f"{s:<{width}}" for s in swept["settings"]))
+        for row in table:
+            print(f"{row[0]:<10} | " + " | ".join(f"{c:<{width}}" for c in row[1:]))
+
+
+def panel(ax, mine: list, colours: dict, metric: str) -> None:
+    """One panel: ``metric`` of each agent against object size (largest left), the mean of
+    seed means with its 95% interval and the seed means as dots."""
+    pick = METRICS[metric]
+    sizes = [r["object_size"] for r in mine]
+    for index, (name, colour) in enumerate(colours.items()):
+        shift = 2 ** (0.05 * (index - (len(colours) - 1) / 2))  # agents side by side at one size
+        points = [(r["object_size"] * shift, pick(r["agents"][name])) for r in mine if name in r["agents"]]
+        points = [(x, g) for x, g in points if g]
+        if not points:
+            continue
+        xs, groups = zip(*points)
+        ax.plot(xs, [g["mean"] for g in groups], color=colour, marker="o", label=name)
+        for x, g in points:
+            ax.scatter([x] * g["n"], g["seed_means"], color=colour, s=10, alpha=0.5, zorder=3)
+            if g["ci95"]:
+                ax.errorbar(x, g["mean"], yerr=[[g["mean"] - g["ci95"][0]], [g["ci95"][1] - g["mean"]]],
+                            color=colour, capsize=4)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(set(sizes)), [str(s) for s in sorted(set(sizes))])
+    ax.set_xlim(max(sizes) * 1.4, min(sizes) / 1.4)  # large objects on the left
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.legend(fontsize=8)
 
 
 def figure(swept: dict):
-    """Final return against object size (largest left), one panel per drift speed: per agent
-    the mean of seed means with its 95% interval and the seed means as dots; random in grey."""
+    """Final return against object size (largest left), one panel per drift speed, the random
+    policy in grey; below, where the sweep has world-model diagnostics, the open-loop reward
+    correlation of the Dreamer-family agents on the same axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     drifts = sorted({r.get("drift") or 0.0 for r in swept["results"]})
-    fig, axes = plt.subplots(1, len(drifts), figsize=(5.5 * len(drifts), 4), squeeze=False, sharey=True)
+    metrics = [m for m in METRICS if has_metric(swept, m)]
+    fig, axes = plt.subplots(len(metrics), len(drifts), figsize=(5.5 * len(drifts), 4 * len(metrics)),
+                             squeeze=False, sharey="row")
     colours = dict(zip(agent_names(swept), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for ax, drift in zip(axes[0], drifts):
+    for column, drift in enumerate(drifts):
         mine = [r for r in swept["results"] if (r.get("drift") or 0.0) == drift]
         sizes = [r["object_size"] for r in mine]
         randoms = [r["random"] for r in mine]
         lows = [g["ci95"][0] if g["ci95"] else min(g["seed_means"]) for g in randoms]
         highs = [g["ci95"][1] if g["ci95"] else max(g["seed_means"]) for g in randoms]
+        ax = axes[0][column]
         if len(sizes) > 1:
             ax.fill_between(sizes, lows, highs, color="grey", alpha=0.3, label="random policy")
         else:
             ax.axhspan(lows[0], highs[0], color="grey", alpha=0.3, label="random policy")
-        for index, (name, colour) in enumerate(colours.items()):
-            shift = 2 ** (0.05 * (index - (len(colours) - 1) / 2))  # agents side by side at one size
-            points = [(r["object_size"] * shift, r["agents"][name]) for r in mine if name in r["agents"]]
-            if not points:
-                continue
-            xs, groups = zip(*points)
-            ax.plot(xs, [g["mean"] for g in groups], color=colour, marker="o", label=name)
-            for x, g in points:
-                ax.scatter([x] * g["n"], g["seed_means"], color=colour, s=10, alpha=0.5, zorder=3)
-                if g["ci95"]:
-                    ax.errorbar(x, g["mean"], yerr=[[g["mean"] - g["ci95"][0]], [g["ci95"][1] - g["mean"]]],
-                                color=colour, capsize=4)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(set(sizes)), [str(s) for s in sorted(set(sizes))])
-        ax.set_xlim(max(sizes) * 1.4, min(sizes) / 1.4)  # large objects on the left
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set(xlabel="object size (px, smaller to the right)", ylabel="final-policy return (higher is better)",
-               title=f"{mine[0]['env']}, {mine[0]['steps']} steps" + (f", drift {drift:g}" if drift else ""))
-        ax.legend(fontsize=8)
+        title = f"{mine[0]['env']}, {mine[0]['steps']} steps" + (f", drift {drift:g}" if drift else "")
+        for row, metric in enumerate(metrics):
+            panel(axes[row][column], mine, colours, metric)
+            axes[row][column].set(xlabel="object size (px, smaller to the right)")
+        ax.set(ylabel="final-policy return (higher is better)", title=title)
+        if "reward_corr" in metrics:
+            axes[1][column].set(ylabel="world model: open-loop reward corr.", title=title + ", world models")
+    fig.tight_layout()
     return fig
 
 
@@ -241,7 +280,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     swept = sweep(args.results)
     print_table(swept)
-    print("\n" + markdown(swept))
+    for metric in METRICS:
+        if has_metric(swept, metric):
+            print("\n" + markdown(swept, metric))
     if args.out:
         atomic_write_text(args.out, json.dumps(learning.to_json(swept), indent=2))
         print(f"json: {args.out}")

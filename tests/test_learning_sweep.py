@@ -14,8 +14,10 @@ from mwm.errors import UserError  # noqa: E402
 RANDOM = [-1.0, -0.6, -0.8]
 
 
-def _result(tmp_path, name, agents: dict, size=16, drift=0.0, random=RANDOM, steps=8000, prefill=1000):
-    """A saved learning.py result of ``agents`` (agent -> final means by seed)."""
+def _result(tmp_path, name, agents: dict, size=16, drift=0.0, random=RANDOM, steps=8000, prefill=1000,
+            reward_corr: dict = None):
+    """A saved learning.py result of ``agents`` (agent -> final means by seed); ``reward_corr``:
+    agent -> its world models' open-loop reward correlation by seed (the Dreamer family's)."""
     argv = ["--agents", *agents, "--object-size", str(size), "--drift", str(drift), "--steps", str(steps),
             "--prefill", str(prefill)]
     args = learning.parse_args(argv)
@@ -23,6 +25,9 @@ def _result(tmp_path, name, agents: dict, size=16, drift=0.0, random=RANDOM, ste
              "evals": [[1000, value]], "prefill": prefill,
              "flags": learning.run_flags(learning.train_command(args, agent, seed, tmp_path / "run"))}
             for agent, finals in agents.items() for seed, value in enumerate(finals)]
+    for run in runs:
+        if run["agent"] in (reward_corr or {}):
+            run["world_model"] = {"reward_corr": reward_corr[run["agent"]][run["seed"]]}
     path = tmp_path / name
     path.write_text(json.dumps(learning.summarise(args, runs, random)))
     return str(path)
@@ -139,3 +144,23 @@ def test_an_agent_that_ran_with_other_flags_at_another_size_is_refused(tmp_path,
     unrecorded["agents"]["mwm"].pop("flags")
     Path(changed).write_text(json.dumps(unrecorded))
     assert learning_sweep.sweep([mwm16, changed])["settings"] == ["16 px", "4 px"]
+
+
+def test_the_world_models_reward_correlation_is_a_second_table_and_panel_row(tmp_path, capsys):
+    """Where the Dreamer agents' world models stop predicting reward as the object shrinks is
+    the sweep's other question: their open-loop reward correlation by size, its own table
+    (no random-policy row, no CURL row: CURL has no world model) and a second row of panels."""
+    files = [_result(tmp_path, f"o{size}.json", {"curl": [1.0, 2.0, 3.0], "mwm": [0.0, -1.0, 1.0]}, size=size,
+                     reward_corr={"mwm": corr}) for size, corr in ((16, [0.2, 0.3, 0.4]), (8, [0.0, 0.1, -0.1]))]
+    swept = learning_sweep.sweep(files)
+    table = learning_sweep.rows(swept, "reward_corr")
+    assert [row[0] for row in table] == ["mwm"]
+    assert table[0][1].startswith("+0.30 [") and table[0][2].startswith("+0.00 [")
+    assert [row[0] for row in learning_sweep.rows(swept)] == ["curl", "mwm", "random"]
+    fig = learning_sweep.figure(swept)
+    assert len(fig.axes) == 2
+    (line,) = [line for line in fig.axes[1].get_lines() if line.get_label() == "mwm"]
+    assert list(line.get_ydata()) == pytest.approx([0.3, 0.0])
+    assert not [line for line in fig.axes[1].get_lines() if line.get_label() == "curl"]
+    assert learning_sweep.main(files) == 0
+    assert "open-loop reward correlation" in capsys.readouterr().out
