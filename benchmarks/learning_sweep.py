@@ -82,15 +82,13 @@ def check_flags(result: dict, path: str, seen: dict) -> None:
     for agent, g in result["agents"].items():
         if g.get("flags") is None:
             continue
-        pairs = zip(g["flags"][::2], g["flags"][1::2])
-        flags = [item for key, value in pairs if key not in SETTING_FLAGS for item in (key, value)]
+        flags = {key: value for key, value in zip(g["flags"][::2], g["flags"][1::2]) if key not in SETTING_FLAGS}
         if agent not in seen:
             seen[agent] = (flags, path)
             continue
         want, want_path = seen[agent]
-        if flags != want:
-            differ = sorted({*flags[::2], *want[::2]} - {key for key, value in set(zip(flags[::2], flags[1::2]))
-                                                          & set(zip(want[::2], want[1::2]))})
+        differ = sorted(key for key in flags.keys() | want.keys() if flags.get(key) != want.get(key))
+        if differ:
             raise UserError(f"{agent} ran with other mwm.train flags in {path} than in {want_path} ({', '.join(differ)}): "
                             "a sweep compares one setting of each agent; re-train with the same flags")
 
