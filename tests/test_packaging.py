@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tomllib
@@ -66,9 +67,16 @@ def test_a_built_wheel_trains_and_evaluates_from_another_directory(tmp_path):
         assert f"mwm/configs/{config.name}" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
 
-    # a fresh venv that sees the system's torch etc., with only the wheel installed into it
-    run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", tmp_path / "venv")
+    # a fresh venv with only the wheel installed into it, that sees the packages of the
+    # interpreter running the tests (torch etc.): a .pth file names their folders. Not
+    # --system-site-packages, which would see the base interpreter's instead of a venv's.
+    # Folders named in a .pth file are not scanned for .pth files of their own, so an
+    # editable install of mwm there does not shadow the wheel.
+    run(sys.executable, "-m", "venv", "--without-pip", tmp_path / "venv")
     python = tmp_path / "venv" / "bin" / "python"
+    purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").stdout.strip()
+    parents = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    (Path(purelib) / "_test_parent_packages.pth").write_text("\n".join(parents) + "\n")
     run(python, "-m", "pip", "install", "--no-deps", "-q", wheel)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
