@@ -376,8 +376,8 @@ def squash_inverse(values: np.ndarray, transform: str) -> np.ndarray:
     return values
 
 
-def open_loop_scores(agent, windows: Dict, threshold: float, train_eps: Sequence[Dict] = (),
-                     probe_feats: Sequence[Dict] | None = None) -> Dict[str, float]:
+def open_loop_scores(agent, windows: Dict, threshold: float, train_eps: Sequence[Dict],
+                     probe_feats: Sequence[Dict]) -> Dict[str, float]:
     """:func:`mwm.diagnostics.open_loop` on the held-out windows, with the sign accuracy; where
     the windows carry ``probe_targets`` (B, T, 3), the probe of the open loop: the ridge probe
     fitted on the posterior features of ``train_eps`` (as in :func:`closed_loop`), applied at
@@ -385,7 +385,7 @@ def open_loop_scores(agent, windows: Dict, threshold: float, train_eps: Sequence
     head reads in imagination) and to the posterior's (``post_probe_r2_*_by_step``, every
     step observed). ``post_sign_acc`` and ``post_reward_corr_by_step`` score the reward head
     on the posterior of the same steps. Every score reads one sampled rollout.
-    ``probe_feats``: :func:`probe_features` of ``train_eps``, made here if None."""
+    ``probe_feats``: :func:`probe_features` of ``train_eps`` (none: no probe)."""
     import torch
 
     from mwm import diagnostics
@@ -413,10 +413,9 @@ def open_loop_scores(agent, windows: Dict, threshold: float, train_eps: Sequence
     out["post_sign_acc"] = event_sign_accuracy(post_reward, truth, threshold)
     out["post_reward_corr_by_step"] = [diagnostics.pearson(post_reward[:, h], truth[:, h])
                                        for h in range(truth.shape[1])]
-    if "probe_targets" in windows and train_eps:
+    if "probe_targets" in windows and probe_feats:
         probe_eps = train_eps[:PROBE_EPISODES]
-        feats = list(probe_feats) if probe_feats is not None else probe_features(agent, train_eps)
-        probe = ridge_fit(np.concatenate([out["feat"] for out in feats]),
+        probe = ridge_fit(np.concatenate([out["feat"] for out in probe_feats]),
                           np.concatenate([probe_targets(ep) for ep in probe_eps]))
         targets = windows["probe_targets"][:, diagnostics.CONTEXT:]  # (B, H, 3)
         events = np.abs(truth) >= threshold  # (B, H): where a catch or miss is decided
