@@ -27,7 +27,6 @@ from mwm.errors import UserError
 
 NAME = "toy_catch"
 IMAGE_SIZE = 64
-PADDLE_HEIGHT = 2
 BACKGROUND = (16, 16, 48)
 OBJECT_COLOUR = (255, 96, 32)
 PADDLE_COLOUR = (64, 224, 255)
@@ -55,6 +54,7 @@ class ToyCatch(SeededEnv):
         seed: int | None = None,
         object_size: int = 4,
         paddle_width: int = 12,
+        paddle_height: int = 2,
         paddle_speed: int = 4,
         fall_speed: float = 3.0,
         drift: float = 0.0,
@@ -65,6 +65,7 @@ class ToyCatch(SeededEnv):
         super().__init__(seed, render_mode)
         self.object_size = check_int("object_size", object_size, 1, 16)
         self.paddle_width = check_int("paddle_width", paddle_width, 1, IMAGE_SIZE)
+        self.paddle_height = check_int("paddle_height", paddle_height, 1, IMAGE_SIZE - 16)
         self.paddle_speed = check_int("paddle_speed", paddle_speed, 0, IMAGE_SIZE)
         self.fall_speed = check_float("fall_speed", fall_speed, 0.5, IMAGE_SIZE)
         self.drift = check_float("drift", drift, 0.0, IMAGE_SIZE)
@@ -79,7 +80,7 @@ class ToyCatch(SeededEnv):
             "paddle_pos": gym.spaces.Box(0, size, (2,), np.float32),
         })
         self.action_space = gym.spaces.Discrete(3)
-        self._landing_row = size - PADDLE_HEIGHT - self.object_size
+        self._landing_row = size - self.paddle_height - self.object_size
         self._row = self._col = self._velocity = 0.0
         self._paddle = 0
         self._caught_drops = self._finished_drops = self._steps = 0
@@ -145,7 +146,7 @@ class ToyCatch(SeededEnv):
     def _observe(self) -> dict[str, np.ndarray]:
         """Draw the frame and report the object and paddle positions."""
         top, left, bottom, right = box = self._box()
-        paddle_row = IMAGE_SIZE - PADDLE_HEIGHT
+        paddle_row = IMAGE_SIZE - self.paddle_height
         image = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)  # (H, W, C)
         image[:] = BACKGROUND
         image[paddle_row:, self._paddle:self._paddle + self.paddle_width] = PADDLE_COLOUR

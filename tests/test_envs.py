@@ -138,9 +138,9 @@ def test_toy_protocol():
     assert isinstance(reward, float) and terminated is False and truncated is False
 
 
-@pytest.mark.parametrize("size", [1, 4, 16])
-def test_toy_object_size_and_position(size):
-    env = envs.make("toy_catch", seed=size, object_size=size, drift=2.0)
+@pytest.mark.parametrize("size, paddle_height", [(1, 2), (4, 2), (16, 2), (16, 8)])
+def test_toy_object_size_and_position(size, paddle_height):
+    env = envs.make("toy_catch", seed=size, object_size=size, drift=2.0, paddle_height=paddle_height)
     obs, _ = env.reset()
     for _ in range(12):
         mask = _pixels(obs["image"], toy.OBJECT_COLOUR)
@@ -148,7 +148,10 @@ def test_toy_object_size_and_position(size):
         assert mask.sum() == size * size
         assert mask[top:bottom, left:right].all()
         assert tuple(obs["object_pos"]) == (top, left) and (bottom - top, right - left) == (size, size)
-        assert _pixels(obs["image"], toy.PADDLE_COLOUR).sum() == env.paddle_width * toy.PADDLE_HEIGHT
+        paddle = _pixels(obs["image"], toy.PADDLE_COLOUR)
+        assert paddle.sum() == env.paddle_width * paddle_height
+        assert paddle[64 - paddle_height:].sum() == paddle.sum()  # on the bottom rows
+        assert obs["paddle_pos"][0] == 64 - paddle_height
         obs, *_ = env.step(1)
 
 
@@ -157,9 +160,10 @@ def test_toy_colours_are_distinct():
     assert len(colours) == 3
 
 
-def test_toy_catch_rewards_plus_one_and_miss_minus_one():
+@pytest.mark.parametrize("paddle_height", [2, 8])
+def test_toy_catch_rewards_plus_one_and_miss_minus_one(paddle_height):
     for policy, expected in ((_follow, 1.0), (_flee, -1.0)):
-        env = envs.make("toy_catch", seed=3, drops=3)
+        env = envs.make("toy_catch", seed=3, drops=3, paddle_height=paddle_height)
         obs, _ = env.reset()
         rewards, terminated, steps = [], False, 0
         while not terminated:
