@@ -96,6 +96,7 @@ class EnvConfig:
     fast_render: bool = MISSING  # DMC: cheaper shadows / offscreen samples
     object_size: int = MISSING  # toy_catch: falling object's side in pixels (1..16)
     drift: float = MISSING  # toy_catch: the object's sideways speed, px per step (bounces off walls)
+    paddle_height: int = MISSING  # toy_catch: the paddle's rows in pixels
 
 
 @dataclass
@@ -548,6 +549,7 @@ def validate(cfg: DictConfig) -> None:
     _check(e.action_repeat > 0, "env.action_repeat", f"must be positive, got {e.action_repeat}")
     _check(0.0 <= e.sticky <= 1.0, "env.sticky", f"must be in [0, 1], got {e.sticky}")
     _check(1 <= e.object_size <= 16, "env.object_size", f"must be 1..16 pixels, got {e.object_size}")
+    _check(1 <= e.paddle_height <= 48, "env.paddle_height", f"must be 1..48 pixels, got {e.paddle_height}")
     _check(0.0 <= m.mask_ratio < 1.0, "mae.mask_ratio", f"must be in [0, 1), got {m.mask_ratio}")
     _check_choices(cfg)
     if r.agent in ("mwm", "siammae"):  # the agents that tokenise frames with the MAE's stem

@@ -65,7 +65,7 @@ LOCK_NAME = ".lock"
 SUITE_ENV_KEYS = {
     "atari": ("size", "action_repeat", "grayscale", "sticky", "noops", "life_done", "time_limit"),
     "dmc": ("size", "action_repeat", "camera", "fast_render", "time_limit"),
-    "toy": ("object_size", "drift", "time_limit"),  # toy_catch renders 64x64, one frame per step
+    "toy": ("object_size", "drift", "paddle_height", "time_limit"),  # toy_catch renders 64x64, one frame per step
 }
 
 
@@ -74,6 +74,8 @@ def env_kwargs(cfg: DictConfig) -> Dict:
     suite = config_lib.suite_of(cfg.run.env)
     out = {}
     for key in SUITE_ENV_KEYS[suite]:
+        if OmegaConf.is_missing(cfg.env, key):
+            continue  # a run saved before the key existed: the env's own default, as then
         value = cfg.env[key]
         if key == "time_limit" and value == 0:
             continue  # the suite's own limit

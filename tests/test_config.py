@@ -75,6 +75,21 @@ def test_saved_config_round_trips(tmp_path):
     assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
 
 
+def test_toy_env_keys_reach_the_env_and_old_runs_keep_the_default(tmp_path):
+    from mwm.run_dir import env_kwargs
+
+    cfg = config.build("toy_catch", "mwm", "tiny", ["env.paddle_height=8", "env.object_size=16"])
+    kwargs = env_kwargs(cfg)
+    assert kwargs["paddle_height"] == 8 and kwargs["object_size"] == 16
+    saved = OmegaConf.to_container(cfg)
+    del saved["env"]["paddle_height"]  # a run saved before the key existed
+    OmegaConf.save(OmegaConf.create(saved), tmp_path / "config.yaml")
+    old = env_kwargs(config.load(tmp_path / "config.yaml"))
+    assert "paddle_height" not in old and old["object_size"] == 16
+    with pytest.raises(UserError, match="env.paddle_height"):
+        config.build("toy_catch", "mwm", "tiny", ["env.paddle_height=0"])
+
+
 def test_cli_turns_flags_into_overrides():
     parser = cli.make_parser("x", "y")
     args, overrides = cli.parse(parser, ["--env", "toy_catch", "--seed", "3", "--rssm.deter", "64",
