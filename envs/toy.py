@@ -27,6 +27,7 @@ from mwm.errors import UserError
 
 NAME = "toy_catch"
 IMAGE_SIZE = 64
+MAX_OBJECT_SIZE = 16  # px, the largest object; the paddle leaves room above it for this one to land
 BACKGROUND = (16, 16, 48)
 OBJECT_COLOUR = (255, 96, 32)
 PADDLE_COLOUR = (64, 224, 255)
@@ -63,9 +64,9 @@ class ToyCatch(SeededEnv):
         render_mode: str | None = None,
     ) -> None:
         super().__init__(seed, render_mode)
-        self.object_size = check_int("object_size", object_size, 1, 16)
+        self.object_size = check_int("object_size", object_size, 1, MAX_OBJECT_SIZE)
         self.paddle_width = check_int("paddle_width", paddle_width, 1, IMAGE_SIZE)
-        self.paddle_height = check_int("paddle_height", paddle_height, 1, IMAGE_SIZE - 16)
+        self.paddle_height = check_int("paddle_height", paddle_height, 1, IMAGE_SIZE - MAX_OBJECT_SIZE)
         self.paddle_speed = check_int("paddle_speed", paddle_speed, 0, IMAGE_SIZE)
         self.fall_speed = check_float("fall_speed", fall_speed, 0.5, IMAGE_SIZE)
         self.drift = check_float("drift", drift, 0.0, IMAGE_SIZE)
@@ -76,7 +77,7 @@ class ToyCatch(SeededEnv):
             "image": gym.spaces.Box(0, 255, (size, size, 3), np.uint8),
             "object_pos": gym.spaces.Box(0, size, (2,), np.float32),
             "object_box": gym.spaces.Box(0, size, (4,), np.int32),
-            "object_size": gym.spaces.Box(1, 16, (2,), np.int32),
+            "object_size": gym.spaces.Box(1, MAX_OBJECT_SIZE, (2,), np.int32),
             "paddle_pos": gym.spaces.Box(0, size, (2,), np.float32),
         })
         self.action_space = gym.spaces.Discrete(3)
