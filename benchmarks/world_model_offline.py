@@ -415,7 +415,7 @@ def open_loop_scores(agent, windows: Dict, threshold: float, train_eps: Sequence
                                        for h in range(truth.shape[1])]
     if "probe_targets" in windows and probe_feats:
         probe_eps = train_eps[:PROBE_EPISODES]
-        probe = ridge_fit(np.concatenate([out["feat"] for out in probe_feats]),
+        probe = ridge_fit(np.concatenate([part["feat"] for part in probe_feats]),
                           np.concatenate([probe_targets(ep) for ep in probe_eps]))
         targets = windows["probe_targets"][:, diagnostics.CONTEXT:]  # (B, H, 3)
         events = np.abs(truth) >= threshold  # (B, H): where a catch or miss is decided
