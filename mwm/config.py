@@ -34,7 +34,7 @@ from mwm.heads import ACTIVATIONS, TRANSFORMS
 from mwm.losses.dynamics import RECON_WEIGHTS
 from mwm.losses.representation import LOSS_ON
 from mwm.masking import MASKING_KINDS
-from mwm.world_model import DECODER_STATES
+from mwm.world_model import DECODER_STATES, ENCODER_POOLS
 from mwm.speed import COMPILE_CHOICES, PRECISIONS
 
 # An installed wheel carries configs/ as the package data mwm/configs; a source checkout has it
@@ -156,6 +156,7 @@ class WorldModelConfig:
     flat_width: int = MISSING  # MWM: flat ViT over the autoencoder's tokens
     flat_depth: int = MISSING
     flat_heads: int = MISSING
+    flat_pool: str = choice(ENCODER_POOLS)  # MWM: mean | attend: the posterior reads the tokens by cross-attention (not in the paper)
     dec_width: int = MISSING
     dec_depth: int = MISSING
     dec_heads: int = MISSING

@@ -24,6 +24,7 @@ from torch import nn
 
 from mwm.distributions import OneHotCategorical
 from mwm.heads import MLP, make_activation
+from mwm.vit import Attention
 
 State = dict[str, torch.Tensor]
 
@@ -80,11 +81,15 @@ class RSSM(nn.Module):
         classes: K, classes per latent (32).
         act, norm: activation and LayerNorm switch of the MLP layers.
         unimix: uniform mixture of the latent categoricals (0 in DreamerV2).
+        embed_tokens: 0 (DreamerV2): the embedding is one vector. N > 0 (not in DreamerV2 or
+            MWM): it is N tokens of width E / N, flattened, and the posterior reads them by
+            cross-attention with one query from h_t (``embed_heads`` heads), beside their
+            mean: q(z_t | h_t, attend(h_t, e_t), mean(e_t)).
     """
 
     def __init__(self, embed_dim: int, action_dim: int, deter: int = 1024, hidden: int = 1024,
                  stoch: int = 32, classes: int = 32, act: str = "elu", norm: bool = True,
-                 unimix: float = 0.0):
+                 unimix: float = 0.0, embed_tokens: int = 0, embed_heads: int = 1):
         super().__init__()
         self.deter = deter
         self.stoch = stoch
@@ -93,7 +98,16 @@ class RSSM(nn.Module):
         self.img_in = _dense(stoch * classes + action_dim, hidden, act, norm)
         self.cell = LayerNormGRUCell(hidden, deter, norm)
         self.img_out = MLP(deter, stoch * classes, 1, hidden, act, norm)
-        self.obs_out = MLP(deter + embed_dim, stoch * classes, 1, hidden, act, norm)
+        self.embed_tokens = embed_tokens
+        post_in = embed_dim
+        if embed_tokens:
+            if embed_dim % embed_tokens:
+                raise ValueError(f"an embedding of {embed_dim} does not split into {embed_tokens} tokens")
+            width = embed_dim // embed_tokens
+            self.post_query = nn.Linear(deter, width)
+            self.post_attn = Attention(width, embed_heads)
+            post_in = 2 * width  # the attended read and the tokens' mean
+        self.obs_out = MLP(deter + post_in, stoch * classes, 1, hidden, act, norm)
 
     @property
     def feat_dim(self) -> int:
@@ -139,6 +153,12 @@ class RSSM(nn.Module):
             state[key] = mask * value + (1.0 - mask) * init[key]
         return state, prev_action * keep[:, None]
 
+    def read_tokens(self, deter: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        """h_t (B, Dd), token embedding (B, N * W) -> [attended read, mean of the tokens] (B, 2 W)."""
+        tokens = embed.reshape(embed.shape[0], self.embed_tokens, -1)  # (B, N, W)
+        read = self.post_attn(self.post_query(deter)[:, None], tokens)[:, 0]  # (B, W)
+        return torch.cat([read, tokens.mean(dim=1)], dim=-1)
+
     def obs_step(self, prev_state: State, prev_action: torch.Tensor, embed: torch.Tensor,
                  is_first: torch.Tensor) -> tuple[State, State]:
         """One filtering step -> (posterior, prior) at step t.
@@ -151,7 +171,9 @@ class RSSM(nn.Module):
         """
         prev_state, prev_action = self.reset(prev_state, prev_action, is_first)
         prior = self.img_step(prev_state, prev_action)
-        x = torch.cat([prior["deter"], embed], dim=-1)  # (B, Dd + E)
+        if self.embed_tokens:
+            embed = self.read_tokens(prior["deter"], embed)  # (B, 2 W)
+        x = torch.cat([prior["deter"], embed], dim=-1)  # (B, Dd + E), or (B, Dd + 2 W) from tokens
         logits, stoch = self._latent(self.obs_out(x))
         post = {"deter": prior["deter"], "logits": logits, "stoch": stoch}
         return post, prior

@@ -45,18 +45,31 @@ def token_pos_embed(dim: int, num_tokens: int) -> torch.Tensor:
                     "use e.g. 65 (cls + 8x8) or 64")
 
 
+ENCODER_POOLS = ("mean", "attend")
+
+
 class FlatViTEncoder(nn.Module):
     """MWM's world-model encoder over MAE tokens: linear, fixed pos emb, ViT, mean pool.
 
     (B, T, L, token_dim) -> (B, T, width); MWM: 256 -> 128, 2 blocks, 4 heads, L = 65.
+
+    ``pool="attend"`` (not in the paper) keeps the L output tokens, flattened to
+    (B, T, L * width), and the RSSM's posterior reads them by cross-attention from its
+    deterministic state (:class:`mwm.rssm.RSSM`, ``embed_tokens``) beside their mean;
+    :attr:`embed_tokens` tells the world model how many tokens the embedding holds.
     """
 
     def __init__(self, token_dim: int = 256, num_tokens: int = 65, width: int = 128, depth: int = 2,
-                 heads: int = 4):
+                 heads: int = 4, pool: str = "mean"):
         super().__init__()
+        if pool not in ENCODER_POOLS:
+            raise ValueError(f"encoder pool {pool!r} is not one of {ENCODER_POOLS}; set wm.flat_pool")
         self.num_tokens = num_tokens
         self.token_dim = token_dim
-        self.out_dim = width
+        self.pool = pool
+        self.heads = heads
+        self.embed_tokens = num_tokens if pool == "attend" else 0  # tokens in the embedding; 0: one vector
+        self.out_dim = width * max(self.embed_tokens, 1)
         self.proj = nn.Linear(token_dim, width)
         self.register_buffer("pos", token_pos_embed(width, num_tokens), persistent=False)  # (L, W)
         self.transformer = Transformer(width, depth, heads)
@@ -68,8 +81,9 @@ class FlatViTEncoder(nn.Module):
             raise ValueError(f"FlatViTEncoder expects tokens (..., {self.num_tokens}, {self.token_dim}), "
                             f"got {tuple(tokens.shape)}; match num_tokens/token_dim to the MAE")
         x = self.proj(tokens.reshape(-1, self.num_tokens, self.token_dim)) + self.pos  # (B*T, L, W)
-        x = self.transformer(x).mean(dim=1)  # (B*T, W)
-        return x.reshape(*lead, self.out_dim)  # (B, T, W)
+        x = self.transformer(x)  # (B*T, L, W)
+        x = x.flatten(1) if self.embed_tokens else x.mean(dim=1)  # (B*T, L*W) or (B*T, W)
+        return x.reshape(*lead, self.out_dim)  # (B, T, E)
 
 
 DECODER_STATES = ("token", "broadcast")
@@ -178,13 +192,16 @@ class WorldModel(nn.Module):
         if not 0.0 <= recon_change_mix <= 1.0:
             raise ValueError(f"recon_change_mix must be in [0, 1], got {recon_change_mix}")
         rssm = dict(rssm or {})
-        allowed = set(inspect.signature(RSSM).parameters) - {"embed_dim", "action_dim"}
+        allowed = set(inspect.signature(RSSM).parameters) - {"embed_dim", "action_dim"} - {"embed_tokens", "embed_heads"}
         if set(rssm) - allowed:
             raise ValueError(f"unknown RSSM options {sorted(set(rssm) - allowed)}; use {sorted(allowed)}")
         self.encoder = encoder
         self.decoder = decoder
         self.embed_dim = embed_dim
-        self.rssm = RSSM(embed_dim, action_dim, **rssm)
+        # The embedding's layout is the encoder's: one vector, or a token set (FlatViTEncoder's "attend").
+        tokens = getattr(encoder, "embed_tokens", 0)
+        layout = {"embed_tokens": tokens, "embed_heads": encoder.heads} if tokens else {}
+        self.rssm = RSSM(embed_dim, action_dim, **layout, **rssm)
         feat_dim = self.rssm.feat_dim
         self.reward_transform = reward_transform
         self.reward_head = MSEHead(feat_dim, head_layers, head_units, reward_transform, norm=head_norm)

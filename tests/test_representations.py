@@ -36,6 +36,22 @@ def test_each_agent_names_its_representation_and_only_trained_ones_own_an_optimi
     built.close()
 
 
+@pytest.mark.parametrize("agent", ["mwm", "siammae"])
+def test_flat_pool_attend_gives_the_posterior_every_token_of_the_representation(agent):
+    """``--wm.flat_pool attend`` reaches the world model: its RSSM reads the 1 + 64 tokens of the
+    autoencoder through cross-attention; an unknown pool is refused."""
+    from agents.registry import make_agent
+
+    cfg = config.build("toy_catch", agent, "tiny", ["wm.flat_pool=attend"])
+    built = make_agent(cfg, IMAGE, gym.spaces.Discrete(3), torch.device("cpu"))
+    tokens = built.representation.inputs(torch.zeros(1, 1, 64, 64, 3, dtype=torch.uint8)).shape[2]
+    assert built.wm.rssm.embed_tokens == tokens == 65
+    assert built.wm.embed_dim == tokens * cfg.wm.flat_width
+    built.close()
+    with pytest.raises(Exception, match="flat_pool"):
+        config.build("toy_catch", agent, "tiny", ["wm.flat_pool=max"])
+
+
 def test_pixels_round_trip_and_read_no_parameters():
     cfg = config.build("toy_catch", "dreamerv2", "tiny")
     pixels = make_representation("pixels", cfg, (64, 64, 3), torch.device("cpu"))

@@ -245,3 +245,49 @@ def test_token_loss_balance_does_not_depend_on_token_width():
     narrow, wide = latent_recon_loss(pred, target), latent_recon_loss(wide_pred, wide_target)
     assert torch.allclose(narrow, wide, rtol=1e-5)
     assert torch.allclose(wide, ((wide_pred - wide_target) ** 2).sum(-1).mean(-1), rtol=1e-5)
+
+
+def test_attend_pool_keeps_every_token_and_the_posterior_reads_them_beyond_their_mean():
+    """wm.flat_pool attend: the encoder passes its L tokens on, and the posterior's read of
+    them depends on more than their mean (which is all a mean-pooling encoder leaves)."""
+    torch.manual_seed(0)
+    mean = FlatViTEncoder(TOKEN_DIM, TOKENS, width=16, depth=1, heads=2)
+    attend = FlatViTEncoder(TOKEN_DIM, TOKENS, width=16, depth=1, heads=2, pool="attend")
+    attend.load_state_dict(mean.state_dict())
+    assert (mean.embed_tokens, attend.embed_tokens, attend.out_dim) == (0, TOKENS, TOKENS * 16)
+    inputs = batch((TOKENS, TOKEN_DIM))["inputs"]
+    tokens = attend(inputs)  # (B, T, L * W)
+    assert tokens.shape == (B, T, TOKENS * 16)
+    assert torch.allclose(tokens.reshape(B, T, TOKENS, 16).mean(2), mean(inputs), atol=1e-6)
+    with pytest.raises(ValueError, match="wm.flat_pool"):
+        FlatViTEncoder(TOKEN_DIM, TOKENS, width=16, depth=1, heads=2, pool="max")
+
+    torch.manual_seed(0)
+    rssm = WorldModel(FlatViTEncoder(TOKEN_DIM, TOKENS, width=16, depth=1, heads=2, pool="attend"),
+                      TokenDecoder(rssm_feat_dim(RSSM), TOKEN_DIM, TOKENS, width=16, depth=1, heads=2),
+                      TOKENS * 16, A, RSSM, head_layers=1, head_units=32).rssm
+    assert rssm.embed_tokens == TOKENS
+    state = {key: value + torch.randn_like(value) for key, value in rssm.initial(B).items()}
+    action, first = torch.zeros(B, A), torch.zeros(B)
+    spread = torch.randn(B, TOKENS, 16)
+    same_mean = spread - spread.mean(1, keepdim=True)  # two token sets with one mean: 0
+    flipped = -same_mean
+    logits = [rssm.obs_step(state, action, e.flatten(1), first)[0]["logits"] for e in (same_mean, flipped)]
+    assert not torch.allclose(logits[0], logits[1], atol=1e-4)
+    # The read is a set function: the same tokens in another order give the same posterior.
+    order = torch.randperm(TOKENS)
+    shuffled = rssm.obs_step(state, action, same_mean[:, order].flatten(1), first)[0]["logits"]
+    assert torch.allclose(shuffled, logits[0], atol=1e-5)
+
+
+def test_attend_pool_world_model_trains_the_attention_and_the_encoder():
+    torch.manual_seed(0)
+    encoder = FlatViTEncoder(TOKEN_DIM, TOKENS, width=16, depth=1, heads=2, pool="attend")
+    decoder = TokenDecoder(rssm_feat_dim(RSSM), TOKEN_DIM, TOKENS, width=16, depth=1, heads=2)
+    model = WorldModel(encoder, decoder, encoder.out_dim, A, RSSM, head_layers=1, head_units=32)
+    data = batch((TOKENS, TOKEN_DIM))
+    total, _, _ = model.loss(data["inputs"], data["action"], data["reward"], data["is_first"], data["is_terminal"])
+    total.backward()
+    for name in ("rssm.post_query.weight", "rssm.post_attn.to_kv.weight", "encoder.proj.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
