@@ -608,10 +608,30 @@ def save(cfg: DictConfig, path: os.PathLike) -> None:
     atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
+# Keys added after runs had been saved without them -> the value that does what those runs
+# did (each was added as an option whose default keeps the earlier behaviour).
+BEFORE_KEY_EXISTED = {
+    "env.paddle_height": 2,
+    "wm.flat_pool": "mean",
+    "wm.dec_state": "token",
+    "wm.recon_weight": "uniform",
+    "wm.recon_change_mix": 0.9,
+    "wm.embed_reward_scale": 0.0,
+    "wm.prior_reward_scale": 0.0,
+}
+
+
 def load(path: os.PathLike) -> DictConfig:
-    """Read a saved config back into the typed schema."""
+    """Read a saved config back into the typed schema; a key the run was saved without
+    takes its :data:`BEFORE_KEY_EXISTED` value (others stay missing: today's default may not
+    be what the run did)."""
     try:
         data = OmegaConf.load(path)
-        return OmegaConf.merge(OmegaConf.structured(Config), data)
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), data)
     except OmegaConfBaseException as exc:
         raise _user_error(exc, str(path)) from None
+    for key, value in BEFORE_KEY_EXISTED.items():
+        section, name = key.split(".")
+        if OmegaConf.is_missing(cfg[section], name):
+            cfg[section][name] = value
+    return cfg

@@ -74,8 +74,6 @@ def env_kwargs(cfg: DictConfig) -> Dict:
     suite = config_lib.suite_of(cfg.run.env)
     out = {}
     for key in SUITE_ENV_KEYS[suite]:
-        if OmegaConf.is_missing(cfg.env, key):
-            continue  # a run saved before the key existed: the env's own default, as then
         value = cfg.env[key]
         if key == "time_limit" and value == 0:
             continue  # the suite's own limit
