@@ -7,7 +7,9 @@
   MAE tokens (cls + 64, width 256) and :class:`TokenDecoder` reconstructs them.
 - DreamerV2: :class:`mwm.conv.ConvEncoder` / :class:`mwm.conv.ConvDecoder` on pixels.
 
-Contract for a pair: ``encoder(inputs (B, T, ...)) -> (B, T, embed_dim)``;
+Contract for a pair: ``encoder(inputs (B, T, ...)) -> (B, T, embed_dim)``; an encoder
+whose ``embed_tokens`` is N > 0 (and which names its attention ``heads``) returns N tokens
+flattened, which the RSSM's posterior attends over (``wm.flat_pool attend``);
 ``decoder(feat (B, T, F)) -> prediction of inputs``; ``decoder.loss(pred, inputs) -> (B, T)``.
 For ``recon_weight="change"`` the decoder also takes ``decoder.loss(pred, inputs, weight)``
 and names the inputs' channel dimension in ``decoder.channel_dim``
