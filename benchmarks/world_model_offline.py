@@ -180,11 +180,8 @@ class FlattenPoolEncoder(nn.Module):
         self.pool = nn.Linear(encoder.num_tokens * encoder.out_dim, encoder.out_dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        enc = self.encoder
-        lead = tokens.shape[:-2]
-        x = enc.proj(tokens.reshape(-1, enc.num_tokens, enc.token_dim)) + enc.pos  # (B*T, L, W)
-        x = enc.transformer(x).flatten(1)  # (B*T, L*W)
-        return self.pool(x).reshape(*lead, self.out_dim)  # (B, T, W)
+        x = self.encoder.token_features(tokens).flatten(1)  # (B*T, L*W)
+        return self.pool(x).reshape(*tokens.shape[:-2], self.out_dim)  # (B, T, W)
 
 
 def use_flatten_pool(agent, cfg) -> None:

@@ -68,7 +68,6 @@ class FlatViTEncoder(nn.Module):
             raise ValueError(f"encoder pool {pool!r} is not one of {ENCODER_POOLS}; set wm.flat_pool")
         self.num_tokens = num_tokens
         self.token_dim = token_dim
-        self.pool = pool
         self.heads = heads
         self.embed_tokens = num_tokens if pool == "attend" else 0  # tokens in the embedding; 0: one vector
         self.out_dim = width * max(self.embed_tokens, 1)
@@ -76,16 +75,19 @@ class FlatViTEncoder(nn.Module):
         self.register_buffer("pos", token_pos_embed(width, num_tokens), persistent=False)  # (L, W)
         self.transformer = Transformer(width, depth, heads)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, L, Dt) -> (B, T, W)."""
-        lead = tokens.shape[:-2]
+    def token_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, L, Dt) -> the ViT's output tokens before pooling, (B*T, L, W)."""
         if tokens.shape[-2:] != (self.num_tokens, self.token_dim):
             raise ValueError(f"FlatViTEncoder expects tokens (..., {self.num_tokens}, {self.token_dim}), "
                             f"got {tuple(tokens.shape)}; match num_tokens/token_dim to the MAE")
         x = self.proj(tokens.reshape(-1, self.num_tokens, self.token_dim)) + self.pos  # (B*T, L, W)
-        x = self.transformer(x)  # (B*T, L, W)
+        return self.transformer(x)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, L, Dt) -> (B, T, E): E = W (mean) or L * W (attend)."""
+        x = self.token_features(tokens)  # (B*T, L, W)
         x = x.flatten(1) if self.embed_tokens else x.mean(dim=1)  # (B*T, L*W) or (B*T, W)
-        return x.reshape(*lead, self.out_dim)  # (B, T, E)
+        return x.reshape(*tokens.shape[:-2], self.out_dim)  # (B, T, E)
 
 
 DECODER_STATES = ("token", "broadcast")
@@ -194,7 +196,8 @@ class WorldModel(nn.Module):
         if not 0.0 <= recon_change_mix <= 1.0:
             raise ValueError(f"recon_change_mix must be in [0, 1], got {recon_change_mix}")
         rssm = dict(rssm or {})
-        allowed = set(inspect.signature(RSSM).parameters) - {"embed_dim", "action_dim"} - {"embed_tokens", "embed_heads"}
+        # The embedding's size and layout come from the encoder, not from the rssm options.
+        allowed = set(inspect.signature(RSSM).parameters) - {"embed_dim", "action_dim", "embed_tokens", "embed_heads"}
         if set(rssm) - allowed:
             raise ValueError(f"unknown RSSM options {sorted(set(rssm) - allowed)}; use {sorted(allowed)}")
         self.encoder = encoder
