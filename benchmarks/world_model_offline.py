@@ -28,7 +28,10 @@ episode, never trained on):
   the inputs from the posterior whether the decoder can express it. Where the inputs
   are narrow enough, also the share of their variance that the paddle's column, the
   object's position and both explain (``inputs_var_*``): how much a reconstruction
-  loss on them asks for each. The same posterior probe, applied at every predicted step
+  loss on them asks for each. For token inputs (MWM) the same, position by position
+  (``tokens``): each position's share of the token variance, the shares the paddle and
+  the object explain there, and the decoder's R^2 there; drawn as maps over the patch
+  grid beside the figure (``<plot>-tokens.png``). The same posterior probe, applied at every predicted step
   of the open loop to the prior's features (``open_loop.probe_r2_*_by_step``) and to the
   posterior's (``post_probe_r2_*_by_step``), says whether imagination keeps what the
   posterior held: the reward head reads the prior's features there, as the actor's
@@ -205,7 +208,8 @@ def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, objec
     """One whole episode through the world model: ``inputs`` it reads, flattened (T, n), the
     encoder's ``embed`` (T, E), the posterior features ``feat`` (T, F), the decoder's
     reconstruction of the inputs from them ``decoded`` (T, n) and the reward head's
-    squashed predictions ``head`` (T,); with ``wm.embed_reward_scale`` > 0 also those of the
+    squashed predictions ``head`` (T,); for token inputs (P positions of width D) their
+    ``token_shape`` (P, D); with ``wm.embed_reward_scale`` > 0 also those of the
     reward head on the encoder's output, ``embed_head`` (T,)."""
     import torch
 
@@ -220,6 +224,8 @@ def posterior_features(agent, episode: Dict[str, np.ndarray]) -> Dict[str, objec
     feat = wm.feature(post)  # (1, T, F)
     out = {"inputs": inputs[0].flatten(1), "embed": embed[0], "feat": feat[0], "head": wm.reward_head(feat)[0],
            "decoded": wm.decoder(feat)[0].flatten(1)}
+    if inputs.dim() == 4:  # (1, T, P, D) tokens: where each position's values lie in ``inputs``
+        out["token_shape"] = tuple(inputs.shape[2:])
     if getattr(wm, "embed_reward_head", None) is not None:
         out["embed_head"] = wm.embed_reward_head(embed)[0]
     return out
@@ -266,19 +272,49 @@ def probe_targets(episode: Dict[str, np.ndarray]) -> np.ndarray | None:
     return np.stack([paddle, obj, obj - paddle], axis=1).astype(np.float64)
 
 
-def variance_share(x: np.ndarray, labels: np.ndarray) -> float:
-    """The share of the summed variance of ``x`` (N, F) that the categories ``labels`` (N, K)
-    explain: 1 - residual / total variance of a least-squares fit on their one-hot codes
-    (each column of ``labels`` coded apart, plus a constant). How much a reconstruction
-    loss on ``x`` asks for what the labels hold."""
+def explained_variance(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per column of ``x`` (N, F), the variance that the categories ``labels`` (N, K) explain
+    (F,): total minus residual variance of a least-squares fit on their one-hot codes (each
+    column of ``labels`` coded apart, plus a constant)."""
     codes = [np.ones((len(x), 1))]
     for column in labels.T:
         _, index = np.unique(column, return_inverse=True)
         codes.append(np.eye(index.max() + 1)[index][:, 1:])  # one level dropped: the constant holds it
     design = np.concatenate(codes, axis=1)
     coef, *_ = np.linalg.lstsq(design, x, rcond=None)
+    return x.var(0) - (x - design @ coef).var(0)
+
+
+def variance_share(x: np.ndarray, labels: np.ndarray) -> float:
+    """The share of the summed variance of ``x`` (N, F) that the categories ``labels`` (N, K)
+    explain (:func:`explained_variance`). How much a reconstruction loss on ``x`` asks for
+    what the labels hold."""
     total = x.var(0).sum()
-    return float(1 - (x - design @ coef).var(0).sum() / total) if total > 0 else float("nan")
+    return float(explained_variance(x, labels).sum() / total) if total > 0 else float("nan")
+
+
+def token_positions(inputs: np.ndarray, labels: Dict[str, np.ndarray], held_inputs: np.ndarray,
+                    held_decoded: np.ndarray) -> Dict[str, List[float]]:
+    """Where in a token grid the loss asks for each thing, and where the decoder delivers.
+
+    ``inputs`` (N, P, D): tokens at P positions (MWM: the class token, then the patches row
+    by row) of the frames the shares are measured on; ``labels``: name -> (N, K) categories
+    (the paddle's column, the object's position); ``held_inputs`` / ``held_decoded`` (M, P, D):
+    held-out tokens and the decoder's reconstruction of them from the posterior. Per
+    position: ``var``, its share of the tokens' summed variance (the share of an unweighted
+    token loss it carries); ``<name>``, the share of the whole token variance that the
+    labels explain there (summed over positions: :func:`variance_share` of all tokens);
+    ``recon_r2``, the decoder's R^2 there (1 - squared error / variance, held out)."""
+    n, positions, width = inputs.shape
+    total = inputs.var(0).sum()
+    out = {"var": list(inputs.var(0).sum(1) / total)}
+    for name, label in labels.items():
+        explained = explained_variance(inputs.reshape(n, -1), label).reshape(positions, width)  # (P, D)
+        out[name] = list(explained.sum(1) / total)
+    error = ((held_inputs - held_decoded) ** 2).sum((0, 2))  # (P,)
+    spread = ((held_inputs - held_inputs.mean(0)) ** 2).sum((0, 2))  # (P,)
+    out["recon_r2"] = [float(1 - e / s) if s > 0 else float("nan") for e, s in zip(error, spread)]
+    return {key: [float(v) for v in values] for key, values in out.items()}
 
 
 def probe_features(agent, train_eps: Sequence[Dict]) -> List[Dict[str, np.ndarray]]:
@@ -348,6 +384,13 @@ def closed_loop(agent, train_eps: Sequence[Dict], held_eps: Sequence[Dict], thre
             out["inputs_var_paddle"] = variance_share(inputs, paddle)
             out["inputs_var_object"] = variance_share(inputs, obj)
             out["inputs_var_both"] = variance_share(inputs, np.concatenate([paddle, obj], axis=1))
+            shape = held[0].get("token_shape")
+            if shape is not None:  # token inputs: the same, position by position
+                grid = (-1, *shape)
+                out["tokens"] = token_positions(
+                    inputs.reshape(grid), {"paddle": paddle, "object": obj},
+                    np.concatenate([o["inputs"] for o in held]).reshape(grid),
+                    np.concatenate([o["decoded"] for o in held]).reshape(grid))
     return out
 
 
@@ -359,7 +402,8 @@ def posterior_features_numpy(agent, episode: Dict[str, np.ndarray]) -> Dict[str,
     agent.wm.eval()
     try:
         with torch.no_grad():
-            return {key: value.double().numpy() for key, value in posterior_features(agent, episode).items()}
+            return {key: value.double().numpy() if torch.is_tensor(value) else value
+                    for key, value in posterior_features(agent, episode).items()}
     finally:
         agent.wm.train(was_training)
 
@@ -531,6 +575,25 @@ def score_run(run: str, args, train: List, held: List) -> Dict:
 # ------------------------------------------------------------------ output
 
 
+def token_summary(tokens: Dict[str, List[float]], name: str = "paddle") -> Dict[str, float]:
+    """:func:`token_positions` in four figures: the fewest positions that hold half of what
+    ``name`` explains of the tokens (``positions``), their share of the token variance
+    (``var``), and the decoder's R^2 there and at the other positions, each weighted by
+    the positions' variance (``recon_r2``, ``recon_r2_rest``)."""
+    share, var, r2 = (np.asarray(tokens[key]) for key in (name, "var", "recon_r2"))
+    order = np.argsort(-share)
+    count = int(np.searchsorted(np.cumsum(share[order]), share.sum() / 2) + 1)
+    chosen = np.zeros(len(share), dtype=bool)
+    chosen[order[:count]] = True
+
+    def weighted(mask):
+        mask = mask & np.isfinite(r2)  # a position that never changes has no R^2, and weighs nothing
+        return float((var[mask] * r2[mask]).sum() / var[mask].sum()) if var[mask].sum() > 0 else float("nan")
+
+    return {"positions": count, "var": float(var[chosen].sum()), "recon_r2": weighted(chosen),
+            "recon_r2_rest": weighted(~chosen)}
+
+
 def fmt(value, width: int = 6, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-".rjust(width)
@@ -594,6 +657,18 @@ def print_table(result: Dict) -> None:
     for variant in result["variants"]:
         for point in variant["curve"]:
             print_row(variant.get("label", variant["name"]), point)
+    tokens = [(v.get("label", v["name"]), v["curve"][-1]["closed_loop"]) for v in result["variants"]
+              if "tokens" in v["curve"][-1]["closed_loop"]]
+    if tokens:
+        print("\ntokens, position by position (last point): the fewest positions holding half the token variance "
+              "the paddle's column explains, their share of all token variance, and the decoder's R^2 there and "
+              "elsewhere")
+        for label, closed in tokens:
+            summary = token_summary(closed["tokens"])
+            print(f"{label[:22]:<22} paddle explains {fmt(closed['inputs_var_paddle'], 4)} of the tokens, half of it "
+                  f"in {summary['positions']} of {len(closed['tokens']['var'])} positions ({fmt(summary['var'], 4)} "
+                  f"of the variance) | decoder R^2 there {fmt(summary['recon_r2'], 4)}, elsewhere "
+                  f"{fmt(summary['recon_r2_rest'], 4)}")
 
 
 def plot(result: Dict, path: str) -> None:
@@ -624,6 +699,41 @@ def plot(result: Dict, path: str) -> None:
     axes[1].set_ylim(0.0, 1.05)
     axes[-1].legend(fontsize=7)
     save_png(fig, path)
+
+
+def plot_tokens(result: Dict, path: str) -> None:
+    """Per variant (its last point) a row of square maps over the patch grid (the class token's
+    value in the title): each position's share of the token variance, the shares the
+    paddle's column and the object's position explain, and the decoder's R^2 there."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(v.get("label", v["name"]), v["curve"][-1]["closed_loop"]["tokens"]) for v in result["variants"]
+            if "tokens" in v["curve"][-1]["closed_loop"]]
+    panels = [("var", "share of token variance", "viridis", None),
+              ("paddle", "explained by the paddle's column", "viridis", None),
+              ("object", "explained by the object's position", "viridis", None),
+              ("recon_r2", "decoder R^2 (held out)", "RdYlGn", (0.0, 1.0))]
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(3.4 * len(panels), 3.0 * len(rows)), squeeze=False)
+    for row, (label, tokens) in zip(axes, rows):
+        side = math.isqrt(len(tokens["var"]) - 1)  # the class token first, then a square grid of patches
+        for axis, (key, title, cmap, limits) in zip(row, panels):
+            values = np.asarray(tokens[key])
+            top = max(float(np.asarray(tokens["var"])[1:].max()), 1e-12)  # the shares on one scale
+            vmin, vmax = limits or (0.0, top)
+            image = axis.imshow(values[1:].reshape(side, side), cmap=cmap, vmin=vmin, vmax=vmax)
+            axis.set_title(f"{label}\n{title}\n(class token {values[0]:.2f})", fontsize=8)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            fig.colorbar(image, ax=axis, fraction=0.046)
+    save_png(fig, path)
+
+
+def token_plot_path(plot_path: str) -> str:
+    """Where the token maps go: beside ``plot_path`` with ``-tokens`` added."""
+    path = Path(plot_path)
+    return str(path.with_name(f"{path.stem}-tokens{path.suffix}"))
 
 
 def parse_variant(text: str) -> Tuple[str, List[str]]:
@@ -677,6 +787,14 @@ def parse_args(argv=None):
     return args
 
 
+def write_outputs(result: Dict, args) -> None:
+    """The table, the JSON, the figure and, for token inputs, the token maps."""
+    print_table(result)
+    write_result(result, args.out, plot, args.plot)
+    if args.plot != "none" and any("tokens" in v["curve"][-1]["closed_loop"] for v in result["variants"]):
+        plot_tokens(result, token_plot_path(args.plot))
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -695,15 +813,13 @@ def main(argv=None) -> int:
     if args.score:
         result["updates"] = None  # trained runs: nothing trained here
         result["variants"] = [score_run(run, args, train, held) for run in args.score]
-        print_table(result)
-        write_result(result, args.out, plot, args.plot)
+        write_outputs(result, args)
         return 0
     pretrained: Dict = {}  # autoencoders pre-trained in this process, by their flags
     for name, flags in args.variants:
         result["variants"].append(train_variant(name, flags, args, train, held, pretrained))
         atomic_write_text(args.out, json.dumps(to_json(result), indent=2))  # a partial result survives a stop
-    print_table(result)
-    write_result(result, args.out, plot, args.plot)
+    write_outputs(result, args)
     return 0
 
 

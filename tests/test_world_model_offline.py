@@ -131,6 +131,31 @@ def test_variance_share_is_the_share_of_the_variance_the_categories_explain():
     assert offline.variance_share(noise[:, None], labels) == pytest.approx(0.0, abs=0.01)
 
 
+def test_token_positions_place_each_things_variance_and_the_decoders_error_where_they_are():
+    """Three positions: the first moves with the paddle, the second with noise, the third
+    never changes. The paddle's share lies at the first position only, the shares of all
+    positions sum to the whole, and the decoder's R^2 is per position."""
+    rng = np.random.default_rng(0)
+    paddle = rng.integers(0, 4, (3000, 1))
+    tokens = np.zeros((3000, 3, 2))
+    tokens[:, 0, 0] = paddle[:, 0]  # variance 1.25, all the paddle's
+    tokens[:, 1] = rng.normal(0.0, 1.0, (3000, 2))  # variance 2, unrelated
+    decoded = tokens.copy()
+    decoded[:, 1] = 0.0  # the noise is not reconstructed (R^2 0), the paddle is (R^2 1)
+    scores = offline.token_positions(tokens, {"paddle": paddle}, tokens, decoded)
+    assert sum(scores["var"]) == pytest.approx(1.0)
+    assert scores["var"][0] == pytest.approx(1.25 / 3.25, abs=0.03) and scores["var"][2] == 0.0
+    assert scores["paddle"][0] == pytest.approx(scores["var"][0])
+    assert abs(scores["paddle"][1]) < 0.01 and scores["paddle"][2] == pytest.approx(0.0, abs=1e-9)
+    assert sum(scores["paddle"]) == pytest.approx(offline.variance_share(tokens.reshape(3000, -1), paddle))
+    assert scores["recon_r2"][0] == pytest.approx(1.0) and scores["recon_r2"][1] == pytest.approx(0.0, abs=0.01)
+    assert np.isnan(scores["recon_r2"][2])  # nothing to explain at a constant position
+    summary = offline.token_summary(scores)
+    assert summary["positions"] == 1 and summary["var"] == pytest.approx(scores["var"][0])
+    assert summary["recon_r2"] == pytest.approx(1.0)
+    assert summary["recon_r2_rest"] == pytest.approx(0.0, abs=0.01)  # the constant position weighs nothing
+
+
 SCORE_FLAGS = ["--", "--run.pretrain", "2", "--replay.batch", "2", "--replay.length", "8",
                "--mae.batch", "2", "--mae.length", "4", "--rssm.deter", "16", "--rssm.hidden", "16"]
 
@@ -164,6 +189,9 @@ def test_a_trained_runs_checkpoint_is_scored_as_it_is(tmp_path):
     assert point["closed_loop"]["embed_r2_paddle"] != pytest.approx(unloaded["embed_r2_paddle"])
     assert "decoded_r2_paddle" in point["closed_loop"]
     assert 0.0 <= point["closed_loop"]["inputs_var_paddle"] <= 1.0
+    tokens = point["closed_loop"]["tokens"]  # MWM reads tokens: the same, position by position
+    assert len(tokens["var"]) == len(tokens["paddle"]) == len(tokens["recon_r2"]) == 1 + 8 * 8
+    assert sum(tokens["paddle"]) == pytest.approx(point["closed_loop"]["inputs_var_paddle"])
     with pytest.raises(offline.UserError, match="pass --agent and, after --, the flags the run was trained with"):
         offline.main(["--replay", str(tmp_path / "replay"), "--score", str(run), "--out", str(out),
                       *SCORE_FLAGS[:-1], "32"])  # another RSSM width than the run's
