@@ -304,7 +304,8 @@ def token_positions(inputs: np.ndarray, labels: Dict[str, np.ndarray], held_inpu
     position: ``var``, its share of the tokens' summed variance (the share of an unweighted
     token loss it carries); ``<name>``, the share of the whole token variance that the
     labels explain there (summed over positions: :func:`variance_share` of all tokens);
-    ``recon_r2``, the decoder's R^2 there (1 - squared error / variance, held out)."""
+    ``recon_r2``, the decoder's R^2 there (1 - squared error / variance, held out);
+    ``error``, its share of the decoder's summed squared error (what is left of the loss)."""
     n, positions, width = inputs.shape
     total = inputs.var(0).sum()
     out = {"var": list(inputs.var(0).sum(1) / total)}
@@ -314,6 +315,7 @@ def token_positions(inputs: np.ndarray, labels: Dict[str, np.ndarray], held_inpu
     error = ((held_inputs - held_decoded) ** 2).sum((0, 2))  # (P,)
     spread = ((held_inputs - held_inputs.mean(0)) ** 2).sum((0, 2))  # (P,)
     out["recon_r2"] = [float(1 - e / s) if s > 0 else float("nan") for e, s in zip(error, spread)]
+    out["error"] = list(error / error.sum()) if error.sum() > 0 else [float("nan")] * positions
     return {key: [float(v) for v in values] for key, values in out.items()}
 
 
@@ -543,7 +545,16 @@ def train_variant(name: str, flags: List[str], args, train: List, held: List, pr
             "seconds": time.time() - start, "curve": curve}
 
 
-def score_run(run: str, args, train: List, held: List) -> Dict:
+def run_labels(runs: Sequence[str]) -> List[str]:
+    """Row labels of scored runs: the end of each run folder's name, which tells runs of one
+    logdir apart (agent, seed); where two folders of that name are scored (from two
+    logdirs), the logdir's name and the last part of the run's (``def16b/seed3``)."""
+    names = [Path(run).name for run in runs]
+    return [f"{Path(run).parent.name}/{name.rsplit('-', 1)[-1]}" if names.count(name) > 1 else name[-22:]
+            for run, name in zip(runs, names)]
+
+
+def score_run(run: str, args, train: List, held: List, label: str) -> Dict:
     """A trained run's world model (its newest checkpoint), scored once as a variant would be."""
     from mwm.checkpoint import load_latest
 
@@ -566,9 +577,8 @@ def score_run(run: str, args, train: List, held: List) -> Dict:
                  **score_point(agent, windows, [ep for _, ep in train], held_eps, args.threshold)}
     finally:
         agent.close()
-    name = Path(run).name
-    print_row(name[-22:], point, flush=True)  # a run's name ends with what tells it apart (agent, seed)
-    return {"name": name, "label": name[-22:], "checkpoint": str(path), "flags": [], "config_overrides": list(args.overrides),
+    print_row(label, point, flush=True)
+    return {"name": Path(run).name, "label": label, "checkpoint": str(path), "flags": [], "config_overrides": list(args.overrides),
             "seconds": 0.0, "curve": [point]}
 
 
@@ -578,8 +588,9 @@ def score_run(run: str, args, train: List, held: List) -> Dict:
 def token_summary(tokens: Dict[str, List[float]], name: str = "paddle") -> Dict[str, float]:
     """:func:`token_positions` in four figures: the fewest positions that hold half of what
     ``name`` explains of the tokens (``positions``), their share of the token variance
-    (``var``), and the decoder's R^2 there and at the other positions, each weighted by
-    the positions' variance (``recon_r2``, ``recon_r2_rest``)."""
+    (``var``), the decoder's R^2 there and at the other positions, each weighted by the
+    positions' variance (``recon_r2``, ``recon_r2_rest``), and the share of the decoder's
+    squared error there (``error``)."""
     share, var, r2 = (np.asarray(tokens[key]) for key in (name, "var", "recon_r2"))
     order = np.argsort(-share)
     count = int(np.searchsorted(np.cumsum(share[order]), share.sum() / 2) + 1)
@@ -591,7 +602,7 @@ def token_summary(tokens: Dict[str, List[float]], name: str = "paddle") -> Dict[
         return float((var[mask] * r2[mask]).sum() / var[mask].sum()) if var[mask].sum() > 0 else float("nan")
 
     return {"positions": count, "var": float(var[chosen].sum()), "recon_r2": weighted(chosen),
-            "recon_r2_rest": weighted(~chosen)}
+            "recon_r2_rest": weighted(~chosen), "error": float(np.asarray(tokens["error"])[chosen].sum())}
 
 
 def fmt(value, width: int = 6, digits: int = 2) -> str:
@@ -662,13 +673,13 @@ def print_table(result: Dict) -> None:
     if tokens:
         print("\ntokens, position by position (last point): the fewest positions holding half the token variance "
               "the paddle's column explains, their share of all token variance, and the decoder's R^2 there and "
-              "elsewhere")
+              "elsewhere, and their share of the decoder's squared error")
         for label, closed in tokens:
             summary = token_summary(closed["tokens"])
             print(f"{label[:22]:<22} paddle explains {fmt(closed['inputs_var_paddle'], 4)} of the tokens, half of it "
                   f"in {summary['positions']} of {len(closed['tokens']['var'])} positions ({fmt(summary['var'], 4)} "
                   f"of the variance) | decoder R^2 there {fmt(summary['recon_r2'], 4)}, elsewhere "
-                  f"{fmt(summary['recon_r2_rest'], 4)}")
+                  f"{fmt(summary['recon_r2_rest'], 4)}; {fmt(summary['error'], 4)} of its error")
 
 
 def plot(result: Dict, path: str) -> None:
@@ -812,7 +823,8 @@ def main(argv=None) -> int:
     print(HEADER)
     if args.score:
         result["updates"] = None  # trained runs: nothing trained here
-        result["variants"] = [score_run(run, args, train, held) for run in args.score]
+        result["variants"] = [score_run(run, args, train, held, label)
+                              for run, label in zip(args.score, run_labels(args.score))]
         write_outputs(result, args)
         return 0
     pretrained: Dict = {}  # autoencoders pre-trained in this process, by their flags

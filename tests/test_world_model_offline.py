@@ -154,6 +154,7 @@ def test_token_positions_place_each_things_variance_and_the_decoders_error_where
     assert summary["positions"] == 1 and summary["var"] == pytest.approx(scores["var"][0])
     assert summary["recon_r2"] == pytest.approx(1.0)
     assert summary["recon_r2_rest"] == pytest.approx(0.0, abs=0.01)  # the constant position weighs nothing
+    assert scores["error"] == pytest.approx([0.0, 1.0, 0.0]) and summary["error"] == pytest.approx(0.0)
 
 
 SCORE_FLAGS = ["--", "--run.pretrain", "2", "--replay.batch", "2", "--replay.length", "8",
@@ -196,6 +197,14 @@ def test_a_trained_runs_checkpoint_is_scored_as_it_is(tmp_path):
         offline.main(["--replay", str(tmp_path / "replay"), "--score", str(run), "--out", str(out),
                       *SCORE_FLAGS[:-1], "32"])  # another RSSM width than the run's
     assert torch.load(next((run / "checkpoints").glob("*.pt")), weights_only=True)["counters"]["updates"] == 9
+
+
+def test_scored_runs_of_one_name_from_two_logdirs_get_labels_that_tell_them_apart():
+    # the end of the name (the table's column is 22 wide): what tells runs of one logdir apart
+    assert offline.run_labels(["a/toy_catch-o16-mwm-seed0", "a/toy_catch-o16-mwm-seed1"]) == [
+        "oy_catch-o16-mwm-seed0", "oy_catch-o16-mwm-seed1"]
+    assert offline.run_labels(["runs/def16/toy_catch-o16-mwm-seed3", "runs/free16/toy_catch-o16-mwm-seed3"]) == [
+        "def16/seed3", "free16/seed3"]
 
 
 def test_the_ridge_probe_of_wide_inputs_equals_the_narrow_forms_solution():
