@@ -30,9 +30,10 @@ episode, never trained on):
   object's position and both explain (``inputs_var_*``): how much a reconstruction
   loss on them asks for each. For token inputs (MWM) the same, position by position
   (``tokens``): each position's share of the token variance, the shares the paddle and
-  the object explain there, and the decoder's R^2 there; drawn as maps over the patch
-  grid beside the figure (``<plot>-tokens.png``). The same posterior probe, applied at every predicted step
-  of the open loop to the prior's features (``open_loop.probe_r2_*_by_step``) and to the
+  the object explain there, the decoder's R^2 there and the position's share of the
+  decoder's remaining error; a summary line per run, and maps over the patch grid
+  beside the figure (``<plot>-tokens.png``). The same posterior probe, applied at every
+  predicted step of the open loop to the prior's features (``open_loop.probe_r2_*_by_step``) and to the
   posterior's (``post_probe_r2_*_by_step``), says whether imagination keeps what the
   posterior held: the reward head reads the prior's features there, as the actor's
   imagined rewards do;

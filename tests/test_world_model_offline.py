@@ -157,6 +157,20 @@ def test_token_positions_place_each_things_variance_and_the_decoders_error_where
     assert scores["error"] == pytest.approx([0.0, 1.0, 0.0]) and summary["error"] == pytest.approx(0.0)
 
 
+def test_the_token_maps_are_drawn_for_every_variant_with_token_scores(tmp_path):
+    tokens = {key: list(np.linspace(0.0, 1.0, 1 + 4 * 4)) for key in ("var", "paddle", "object", "recon_r2", "error")}
+    with_tokens = {"name": "a", "curve": [{"closed_loop": {"tokens": tokens}}]}
+    pixels = {"name": "b", "curve": [{"closed_loop": {}}]}  # DreamerV2: no token scores, no row
+    path = offline.token_plot_path(str(tmp_path / "score.png"))
+    assert path == str(tmp_path / "score-tokens.png")
+    offline.plot_tokens({"variants": [with_tokens, pixels, with_tokens]}, path)
+    offline.plot_tokens({"variants": [with_tokens]}, str(tmp_path / "one.png"))
+    from matplotlib.image import imread
+
+    two, one = imread(path).shape, imread(str(tmp_path / "one.png")).shape  # (height, width, channels)
+    assert two[1] == one[1] and two[0] > 1.8 * one[0]  # one row of maps per variant with token scores
+
+
 SCORE_FLAGS = ["--", "--run.pretrain", "2", "--replay.batch", "2", "--replay.length", "8",
                "--mae.batch", "2", "--mae.length", "4", "--rssm.deter", "16", "--rssm.hidden", "16"]
 
