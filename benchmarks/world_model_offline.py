@@ -33,8 +33,8 @@ episode, never trained on):
   the object explain there, the decoder's R^2 there and the position's share of the
   decoder's remaining error; a summary line per run, and maps over the patch grid
   beside the figure (``<plot>-tokens.png``). The same posterior probe, applied at every
-  predicted step of the open loop to the prior's features (``open_loop.probe_r2_*_by_step``) and to the
-  posterior's (``post_probe_r2_*_by_step``), says whether imagination keeps what the
+  predicted step of the open loop to the prior's features
+  (``open_loop.probe_r2_*_by_step``) and to the posterior's (``post_probe_r2_*_by_step``), says whether imagination keeps what the
   posterior held: the reward head reads the prior's features there, as the actor's
   imagined rewards do;
 - the training reward loss (mean over the last ``--every`` updates) over the
@@ -308,8 +308,9 @@ def token_positions(inputs: np.ndarray, labels: Dict[str, np.ndarray], held_inpu
     ``recon_r2``, the decoder's R^2 there (1 - squared error / variance, held out);
     ``error``, its share of the decoder's summed squared error (what is left of the loss)."""
     n, positions, width = inputs.shape
-    total = inputs.var(0).sum()
-    out = {"var": list(inputs.var(0).sum(1) / total)}
+    var = inputs.var(0)  # (P, D)
+    total = var.sum()
+    out = {"var": list(var.sum(1) / total)}
     for name, label in labels.items():
         explained = explained_variance(inputs.reshape(n, -1), label).reshape(positions, width)  # (P, D)
         out[name] = list(explained.sum(1) / total)
@@ -586,6 +587,13 @@ def score_run(run: str, args, train: List, held: List, label: str) -> Dict:
 # ------------------------------------------------------------------ output
 
 
+def token_rows(result: Dict) -> List[Tuple[str, Dict]]:
+    """(label, closed-loop scores of the last point) of each variant whose inputs are tokens
+    (the ones :func:`token_positions` scored)."""
+    rows = [(v.get("label", v["name"]), v["curve"][-1]["closed_loop"]) for v in result["variants"]]
+    return [(label, closed) for label, closed in rows if "tokens" in closed]
+
+
 def token_summary(tokens: Dict[str, List[float]], name: str = "paddle") -> Dict[str, float]:
     """:func:`token_positions` in four figures: the fewest positions that hold half of what
     ``name`` explains of the tokens (``positions``), their share of the token variance
@@ -669,8 +677,7 @@ def print_table(result: Dict) -> None:
     for variant in result["variants"]:
         for point in variant["curve"]:
             print_row(variant.get("label", variant["name"]), point)
-    tokens = [(v.get("label", v["name"]), v["curve"][-1]["closed_loop"]) for v in result["variants"]
-              if "tokens" in v["curve"][-1]["closed_loop"]]
+    tokens = token_rows(result)
     if tokens:
         print("\ntokens, position by position (last point): the fewest positions holding half the token variance "
               "the paddle's column explains, their share of all token variance, and the decoder's R^2 there and "
@@ -721,8 +728,7 @@ def plot_tokens(result: Dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(v.get("label", v["name"]), v["curve"][-1]["closed_loop"]["tokens"]) for v in result["variants"]
-            if "tokens" in v["curve"][-1]["closed_loop"]]
+    rows = [(label, closed["tokens"]) for label, closed in token_rows(result)]
     panels = [("var", "share of token variance", "viridis", None),
               ("paddle", "explained by the paddle's column", "viridis", None),
               ("object", "explained by the object's position", "viridis", None),
@@ -730,9 +736,9 @@ def plot_tokens(result: Dict, path: str) -> None:
     fig, axes = plt.subplots(len(rows), len(panels), figsize=(3.4 * len(panels), 3.0 * len(rows)), squeeze=False)
     for row, (label, tokens) in zip(axes, rows):
         side = math.isqrt(len(tokens["var"]) - 1)  # the class token first, then a square grid of patches
+        top = max(float(np.asarray(tokens["var"])[1:].max()), 1e-12)  # the shares on one scale
         for axis, (key, title, cmap, limits) in zip(row, panels):
             values = np.asarray(tokens[key])
-            top = max(float(np.asarray(tokens["var"])[1:].max()), 1e-12)  # the shares on one scale
             vmin, vmax = limits or (0.0, top)
             image = axis.imshow(values[1:].reshape(side, side), cmap=cmap, vmin=vmin, vmax=vmax)
             axis.set_title(f"{label}\n{title}\n(class token {values[0]:.2f})", fontsize=8)
@@ -803,7 +809,7 @@ def write_outputs(result: Dict, args) -> None:
     """The table, the JSON, the figure and, for token inputs, the token maps."""
     print_table(result)
     write_result(result, args.out, plot, args.plot)
-    if args.plot != "none" and any("tokens" in v["curve"][-1]["closed_loop"] for v in result["variants"]):
+    if args.plot != "none" and token_rows(result):
         plot_tokens(result, token_plot_path(args.plot))
 
 
