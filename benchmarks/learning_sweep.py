@@ -8,6 +8,7 @@ one figure:
     python benchmarks/learning_sweep.py runs/bench-learning/learning.json runs/bench-*px/*.json \\
         --out sweep.json --plot sweep.png
     python benchmarks/learning_sweep.py sweep.json        # a saved sweep: its table again
+    python benchmarks/learning_sweep.py sweep.json runs/bench-drift1/dreamerv2.json --replace --out sweep.json
 
 Every file must share one protocol (env, setting, steps, final episodes, extra flags,
 the random-policy prefill every agent started from, as each run's config records it,
@@ -18,7 +19,10 @@ curl.json``, ``--agents mwm --out mwm.json``) make one column. Merging recompute
 seed means with its 95% bootstrap interval, none from fewer than 3 seeds), exactly as
 one command over all the agents would. An agent found twice at one setting, or two
 files of one setting whose random-policy baselines differ (other seeds, episodes or
-env), is refused: their runs are not comparable.
+env), is refused: their runs are not comparable. With ``--replace`` an agent found again at a
+setting keeps the runs of the file named last, so one command updates a saved sweep with a
+re-trained column (the example above); a file all of whose agents are replaced drops out,
+its random-policy baseline with it.
 
 Prints a table per agent and setting (Markdown too, for the docs) of final return and,
 for the Dreamer family, of their world models' open-loop reward correlation; writes the
@@ -98,14 +102,16 @@ def merge(results: list, names: list) -> dict:
     the union of their runs, every agent's figure recomputed from its runs."""
     first = results[0]
     for result, name in zip(results[1:], names[1:]):
-        if not np.allclose(result["random"]["seed_means"], first["random"]["seed_means"]):
+        mine, want = result["random"]["seed_means"], first["random"]["seed_means"]
+        if len(mine) != len(want) or not np.allclose(mine, want):
             raise UserError(f"{names[0]} and {name} ({label(first)}) have different random-policy baselines "
                             "(other seeds or episodes): train both with the same --seeds and --random-episodes")
     runs, agents, seen = [], [], {}
     for result, name in zip(results, names):
         for agent in result["agents"]:
             if agent in seen:
-                raise UserError(f"{agent} at {label(first)} is in both {seen[agent]} and {name}: pass one of them")
+                raise UserError(f"{agent} at {label(first)} is in both {seen[agent]} and {name}: pass one of "
+                                "them, or --replace to keep the one named last")
             seen[agent] = name
             agents.append(agent)
         runs += result["runs"]
@@ -115,9 +121,24 @@ def merge(results: list, names: list) -> dict:
     return learning.summarise(args, runs, first["random"]["seed_means"])
 
 
-def sweep(paths: list) -> dict:
+def without(result: dict, agents: set) -> dict:
+    """``result`` less ``agents``: their entries and their runs."""
+    return {**result, "agents": {a: g for a, g in result["agents"].items() if a not in agents},
+            "runs": [run for run in result["runs"] if run["agent"] not in agents]}
+
+
+def replace_earlier(group: list, result: dict) -> list:
+    """The files read so far at one setting, less the agents ``result`` brings again (a
+    re-trained column replaces the old one); a file left with no agent is dropped, its
+    random-policy baseline with it."""
+    kept = [(without(old, set(result["agents"])), path) for old, path in group]
+    return [(old, path) for old, path in kept if old["agents"]]
+
+
+def sweep(paths: list, replace: bool = False) -> dict:
     """Merged results by setting, ordered by drift, then from the largest object to the
-    smallest. A file is a result of ``learning.py`` or a sweep this script saved."""
+    smallest. A file is a result of ``learning.py`` or a sweep this script saved. With
+    ``replace``, an agent found again at a setting keeps the runs of the file read last."""
     by_setting: dict = {}
     flags_seen: dict = {}
     for path in paths:
@@ -130,8 +151,11 @@ def sweep(paths: list) -> dict:
         for result in loaded["results"] if is_sweep else [loaded]:
             if not isinstance(result, dict) or "agents" not in result or "random" not in result:
                 raise UserError(f"{path} is not a result of benchmarks/learning.py: pass the JSON its --out wrote")
-            by_setting.setdefault(setting_of(result), []).append((result, str(path)))
-            first, first_path = next(iter(by_setting.values()))[0]
+            group = by_setting.setdefault(setting_of(result), [])
+            if replace:
+                group[:] = replace_earlier(group, result)
+            group.append((result, str(path)))
+            first, first_path = next(group for group in by_setting.values() if group)[0]
             for key in PROTOCOL_KEYS:
                 if result.get(key) != first.get(key):
                     raise UserError(f"{first_path} and {path} differ in {key} ({first.get(key)} vs "
@@ -271,12 +295,15 @@ def parse_args(argv=None):
     p.add_argument("results", nargs="+", help="JSON files written by benchmarks/learning.py (its --out)")
     p.add_argument("--out", help="merged sweep as JSON")
     p.add_argument("--plot", help="PNG of final return against object size")
+    p.add_argument("--replace", action="store_true",
+                   help="an agent found again at a setting keeps the runs of the file named last "
+                        "(update a saved sweep with a re-trained column) instead of being refused")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    swept = sweep(args.results)
+    swept = sweep(args.results, replace=args.replace)
     print_table(swept)
     for metric in METRICS:
         if has_metric(swept, metric):

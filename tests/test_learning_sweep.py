@@ -164,3 +164,27 @@ def test_the_world_models_reward_correlation_is_a_second_table_and_panel_row(tmp
     assert not [line for line in fig.axes[1].get_lines() if line.get_label() == "curl"]
     assert learning_sweep.main(files) == 0
     assert "open-loop reward correlation" in capsys.readouterr().out
+
+
+def test_replace_keeps_the_agents_of_the_file_named_last(tmp_path):
+    old = _result(tmp_path, "old.json", {"curl": [2.0, 1.8, 4.0], "mwm": [0.0, -2.0, 2.5]})
+    saved = tmp_path / "sweep.json"
+    learning_sweep.main([old, "--out", str(saved)])
+    new = _result(tmp_path, "new.json", {"mwm": [3.0, 4.0, 5.0]})
+    with pytest.raises(UserError, match="--replace"):
+        learning_sweep.sweep([str(saved), new])
+    merged = learning_sweep.sweep([str(saved), new], replace=True)["results"][0]
+    assert merged["agents"]["mwm"]["seed_means"] == [3.0, 4.0, 5.0]  # the re-trained column
+    assert merged["agents"]["curl"]["seed_means"] == [2.0, 1.8, 4.0]  # the other agent stays
+    assert sorted((run["agent"], run["final_mean"]) for run in merged["runs"]) == sorted(
+        [("curl", 2.0), ("curl", 1.8), ("curl", 4.0), ("mwm", 3.0), ("mwm", 4.0), ("mwm", 5.0)])
+
+
+def test_replacing_every_agent_of_a_file_drops_its_random_baseline(tmp_path):
+    old = _result(tmp_path, "old.json", {"mwm": [0.0, -2.0, 2.5]})
+    new = _result(tmp_path, "new.json", {"mwm": [3.0, 4.0, 5.0, 4.5]}, random=RANDOM + [-0.4])  # 4 seeds
+    with pytest.raises(UserError, match="different random-policy baselines"):
+        learning_sweep.sweep([old, new])
+    merged = learning_sweep.sweep([old, new], replace=True)["results"][0]
+    assert merged["random"]["seed_means"] == RANDOM + [-0.4]
+    assert merged["agents"]["mwm"]["n"] == 4
