@@ -162,3 +162,16 @@ def one_error_line(text: str, needles: Sequence[str]) -> str:
     for needle in needles:
         assert needle.lower() in line.lower(), f"{needle!r} not in {line!r}"
     return line
+
+
+def write_toy_replay(folder: Path, episodes: int) -> list:
+    """Random-policy toy_catch episodes (16 px object, 2 drops, 35 steps each) saved as a
+    replay folder of mwm.train; returns the episodes."""
+    from mwm.probes.sources import collect_episodes
+    from replay.episodes import save_episode
+
+    folder.mkdir()
+    played = collect_episodes("toy_catch", {"object_size": 16, "drops": 2}, episodes, 1000, seed=3)
+    for index, episode in enumerate(played):
+        save_episode(str(folder), {**episode, "is_last": episode["is_terminal"]}, index)
+    return played

@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import world_model_offline as offline  # noqa: E402
+from helpers_runs import write_toy_replay  # noqa: E402
 
 
 def test_held_out_episodes_are_every_nth_and_disjoint_from_training():
@@ -46,20 +47,8 @@ def test_variants_parse_and_refuse_loose_flags():
         offline.parse_variant("odd: --rssm.deter")
 
 
-def _write_replay(folder: Path, episodes: int) -> list:
-    """Random-policy toy_catch episodes (2 drops, 35 steps each) saved as a replay folder."""
-    from mwm.probes.sources import collect_episodes
-    from replay.episodes import save_episode
-
-    folder.mkdir()
-    played = collect_episodes("toy_catch", {"object_size": 16, "drops": 2}, episodes, 1000, seed=3)
-    for index, episode in enumerate(played):
-        save_episode(str(folder), {**episode, "is_last": episode["is_terminal"]}, index)
-    return played
-
-
 def test_a_few_updates_score_held_out_episodes_only(tmp_path):
-    played = _write_replay(tmp_path / "replay", 6)
+    played = write_toy_replay(tmp_path / "replay", 6)
     out = tmp_path / "offline.json"
     code = offline.main(["--replay", str(tmp_path / "replay"), "--agent", "mwm", "--updates", "2", "--every", "1",
                          "--holdout-every", "3", "--sequences", "4", "--out", str(out), "--plot", "none",
@@ -180,7 +169,7 @@ def test_a_trained_runs_checkpoint_is_scored_as_it_is(tmp_path):
 
     from mwm.checkpoint import save_checkpoint
 
-    _write_replay(tmp_path / "replay", 6)
+    write_toy_replay(tmp_path / "replay", 6)
     args = offline.parse_args(["--replay", str(tmp_path / "replay"), "--sequences", "4", *SCORE_FLAGS])
     cfg = offline.build_config("mwm", "cpu", "toy_catch", args.overrides)
     trained = offline.make_world_model_agent(cfg, seed=7)  # other weights than the seed-0 agent --score builds
@@ -241,7 +230,7 @@ def test_a_scoring_point_reads_one_rollout_and_featurises_each_episode_once(tmp_
     passes would fit the probes on different features)."""
     from mwm import diagnostics
 
-    _write_replay(tmp_path / "replay", 6)
+    write_toy_replay(tmp_path / "replay", 6)
     args = offline.parse_args(["--replay", str(tmp_path / "replay"), "--sequences", "4", *SCORE_FLAGS])
     agent = offline.make_world_model_agent(offline.build_config("mwm", "cpu", "toy_catch", args.overrides), seed=0)
     train, held = offline.split_episodes(offline.load_episodes(str(tmp_path / "replay")), 3)
