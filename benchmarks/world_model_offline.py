@@ -765,14 +765,20 @@ def parse_variant(text: str) -> Tuple[str, List[str]]:
     return name.strip(), flags
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_replay_arguments(p: argparse.ArgumentParser, agents: Sequence[str]) -> None:
+    """The options of a script that trains fresh agents on a fixed replay: the replay, the
+    agent, its env and setting, and the variants (also benchmarks/mae_plateau.py)."""
     p.add_argument("--replay", required=True, help="a replay folder of mwm.train (<run>/replay), never written")
-    p.add_argument("--agent", default="mwm", choices=DREAMER_FAMILY)
+    p.add_argument("--agent", default="mwm", choices=agents)
     p.add_argument("--env", default="toy_catch", help="the env the episodes come from (for its spaces)")
     p.add_argument("--setting", default="cpu", choices=sorted(SETTINGS), help="benchmarks/learning.py setting")
     p.add_argument("--variant", dest="variants", action="append", type=parse_variant,
                    help="'NAME: FLAGS' (repeatable); default one variant 'setting' with no extra flags")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_replay_arguments(p, DREAMER_FAMILY)
     p.add_argument("--score", nargs="+", metavar="RUN",
                    help="train nothing: score the world model of each trained run (its newest checkpoint, built "
                         "at --setting with the flags after --) on the held-out episodes")
