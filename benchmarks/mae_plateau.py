@@ -103,7 +103,8 @@ def print_table(result: Dict) -> None:
         s = v["summary"]
         exits = ", ".join(f"{seed}:{'-' if e is None else e}" for seed, e in s["exits"].items())
         final = ", ".join(f"{value:.3f}" for value in s["final"].values())
-        print(f"{v['name']:<24} | {s['left']}/{s['seeds']} seeds{'':<8} | {exits:<28} | {final}")
+        left = f"{s['left']}/{s['seeds']} seeds"
+        print(f"{v['name']:<24} | {left:<16} | {exits:<28} | {final}")
 
 
 def plot(result: Dict, path: str) -> None:
