@@ -5,7 +5,7 @@ benchmark's CPU size) reaches a plateau of about 0.32-0.38 early and sits there 
 at a seed-dependent update, it falls to about 0.1 within a few hundred updates (most
 likely when it starts to render the object and the paddle, the only things that move).
 In the learning benchmark's runs, the earlier the drop, the better the run's final
-policy (docs/LEARNING.md, "The autoencoder's plateau decides when MWM learns").
+policy (docs/LEARNING.md, "The autoencoder's plateau orders MWM's seeds").
 This script measures the drop without
 the rest of the agent: for each variant (flags added to the agent's setting) and seed it
 trains a fresh autoencoder for ``--updates`` representation-only updates on the episodes
