@@ -75,8 +75,9 @@ SETTINGS = {
     "cpu": {
         # 1000 autoencoder-only updates after prefill (official MWM: 5000); with 100 the
         # world model started on tokens that were still changing fast and collapsed; 5000 cost
-        # 1.8x the time for no gain at 16,000 steps (+1.76 against +1.91, seeds 0-2), and so
-        # did a 1e-3 autoencoder rate (+1.84; docs/LEARNING.md, the autoencoder's plateau). The
+        # 1.8x the time for no gain at 16,000 steps (+1.76 against +1.91, seeds 0-2); an
+        # autoencoder rate of 1e-3 gained nothing either (+1.84; docs/LEARNING.md, the
+        # autoencoder's plateau). The
         # world model reads the raw tokens, as in the official code: token standardisation
         # (mwm/token_norm.py) made no difference in a three-seed ablation at the same prefill
         # (-0.58 [-2.13, +2.40] with it, -0.27 [-2.80, +3.60] without; docs/LEARNING.md).
