@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -40,7 +39,7 @@ from benchmarks._figures import save_png  # noqa: E402
 from benchmarks.learning import SETTINGS  # noqa: E402
 from benchmarks.world_model import write_result  # noqa: E402
 from benchmarks.world_model_offline import (  # noqa: E402
-    add_replay_arguments, build_config, load_episodes, make_world_model_agent)
+    add_replay_arguments, build_config, load_episodes, make_world_model_agent, replay_of)
 
 TRAINED_REPRESENTATIONS = ("mwm", "siammae")  # agents whose representation has its own objective
 
@@ -66,16 +65,11 @@ def exit_update(curve: Sequence[float], every: int, below: float):
 
 def loss_curve(cfg, seed: int, episodes: Sequence[Dict], args, label: str) -> List[float]:
     """A fresh agent's representation, trained alone on ``episodes``: block means of its pixel loss."""
-    from replay import Replay
-
     agent = make_world_model_agent(cfg, seed)
     losses: List[float] = []
     key = None
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            replay = Replay(folder, capacity=10 ** 9, seed=seed)
-            for episode in episodes:
-                replay.add_episode(episode, save=False)
+        with replay_of(episodes, seed) as replay:
             for update in range(1, args.updates + 1):
                 metrics = agent.representation_update(replay)
                 key = key or pixel_loss_key(metrics)

@@ -80,6 +80,7 @@ import shlex
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -498,11 +499,22 @@ def held_out_windows(held_eps: Sequence[Dict], args) -> Dict:
     return out
 
 
+@contextmanager
+def replay_of(episodes: Sequence[Dict], seed: int):
+    """A replay in a temporary folder holding ``episodes`` (nothing saved to disk), removed on exit."""
+    from replay import Replay
+
+    with tempfile.TemporaryDirectory() as folder:
+        replay = Replay(folder, capacity=10 ** 9, seed=seed)
+        for episode in episodes:
+            replay.add_episode(episode, save=False)
+        yield replay
+
+
 def train_variant(name: str, flags: List[str], args, train: List, held: List, pretrained: Dict) -> Dict:
     """Train one fresh world model on the training episodes; score it every ``args.every`` updates."""
     from agents.world_model_agent import WM_KEYS
     from mwm.heads import squash
-    from replay import Replay
 
     cfg = build_config(args.agent, args.setting, args.env, [*flags, *args.overrides])
     agent = make_world_model_agent(cfg, args.seed)
@@ -511,10 +523,7 @@ def train_variant(name: str, flags: List[str], args, train: List, held: List, pr
     train_eps, held_eps = [ep for _, ep in train], [ep for _, ep in held]
     windows = held_out_windows(held_eps, args)
     curve, start = [], time.time()
-    with tempfile.TemporaryDirectory() as folder:
-        replay = Replay(folder, capacity=10 ** 9, seed=args.seed)
-        for episode in train_eps:
-            replay.add_episode(episode, save=False)
+    with replay_of(train_eps, args.seed) as replay:
         try:
             pretrain = int(cfg.run.pretrain) if hasattr(agent, "pretrain") else 0
             if pretrain > 1:  # an autoencoder to pre-train (DreamerV2's one update is no pre-training)
