@@ -160,7 +160,7 @@ class WorldModelConfig:
     dec_width: int = MISSING
     dec_depth: int = MISSING
     dec_heads: int = MISSING
-    dec_state: str = choice(DECODER_STATES)  # MWM: token (the state as one token) | broadcast: added to every slot (not in the paper)
+    dec_state: str = choice(DECODER_STATES)  # MWM: token (the state as one token) | broadcast: added to every slot | slots: each slot its own linear map of it (both not in the paper)
     cnn_depth: int = MISSING  # DreamerV2 pixel encoder/decoder base channels
     head_layers: int = MISSING
     head_units: int = MISSING

@@ -90,7 +90,7 @@ class FlatViTEncoder(nn.Module):
         return x.reshape(*tokens.shape[:-2], self.out_dim)  # (B, T, E)
 
 
-DECODER_STATES = ("token", "broadcast")
+DECODER_STATES = ("token", "broadcast", "slots")
 
 
 class TokenDecoder(nn.Module):
@@ -104,6 +104,12 @@ class TokenDecoder(nn.Module):
     instead of giving it a token of its own, as a spatial broadcast decoder does
     (Watters et al., 2019): each slot's MLP then sees its position and the whole state
     together, rather than the state only through attention to one token.
+
+    ``state="slots"`` (not in the paper) gives every slot its own linear map of the state
+    (one (F, L * W) projection): slot i reads W_i feat, so where an object is drawn can
+    be a linear function of the state, as in a dense or transposed-conv decoder, rather
+    than a product of the state and the slot's position that attention and the MLP must
+    learn. It costs F * L * W weights (128 x 65 x 32 = 266k at the CPU size).
     """
 
     def __init__(self, feat_dim: int, token_dim: int = 256, num_tokens: int = 65, width: int = 128,
@@ -114,7 +120,7 @@ class TokenDecoder(nn.Module):
         self.state = state
         self.num_tokens = num_tokens
         self.token_dim = token_dim
-        self.proj = nn.Linear(feat_dim, width)
+        self.proj = nn.Linear(feat_dim, width * (num_tokens if state == "slots" else 1))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.normal_(self.mask_token, std=0.02)  # MAE's mask-token init
         self.register_buffer("pos", token_pos_embed(width, num_tokens), persistent=False)  # (L, W)
@@ -124,9 +130,9 @@ class TokenDecoder(nn.Module):
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         """(B, T, F) -> (B, T, L, token_dim)."""
         lead = feat.shape[:-1]
-        state = self.proj(feat.reshape(-1, feat.shape[-1]))[:, None]  # (B*T, 1, W)
+        state = self.proj(feat.reshape(-1, feat.shape[-1])).unflatten(-1, (-1, self.pos.shape[-1]))  # (B*T, 1 or L, W)
         slots = (self.mask_token + self.pos).expand(state.shape[0], -1, -1)  # (B*T, L, W)
-        if self.state == "broadcast":
+        if self.state in ("broadcast", "slots"):
             x = self.transformer(slots + state)  # (B*T, L, W)
         else:
             x = self.transformer(torch.cat([state, slots], dim=1))[:, 1:]  # (B*T, L, W)

@@ -183,19 +183,29 @@ def test_token_pieces_shapes_and_position_embedding():
         token_pos_embed(16, 7)
 
 
-@pytest.mark.parametrize("state", ["token", "broadcast"])
+@pytest.mark.parametrize("state", ["token", "broadcast", "slots"])
 def test_token_decoder_state_enters_as_one_token_or_in_every_slot(state):
     """token (MWM): the transformer reads the projected state as an extra first token and
     the L slots are mask + position; broadcast: no extra token, the state is added to
-    every slot."""
+    every slot; slots: each slot adds its own linear map of the state."""
     torch.manual_seed(0)
     decoder = TokenDecoder(7, TOKEN_DIM, TOKENS, width=16, depth=1, heads=2, state=state)
     seen = []
     decoder.transformer.register_forward_hook(lambda module, args, out: seen.append(args[0]))
     feat = torch.randn(2, 3, 7)
     assert decoder(feat).shape == (2, 3, TOKENS, TOKEN_DIM)
-    state_row = decoder.proj(feat.reshape(6, 7))[:, None]  # (6, 1, 16)
+    state_row = decoder.proj(feat.reshape(6, 7)).reshape(6, -1, 16)  # (6, 1 or L, 16)
     slots = decoder.mask_token + decoder.pos  # (1, L, 16)
+    if state == "slots":  # one map per slot: slot i's input depends on feat through rows i*16..(i+1)*16
+        assert state_row.shape == (6, TOKENS, 16)
+        with torch.no_grad():
+            decoder.proj.weight[3 * 16:4 * 16].zero_()
+            decoder.proj.bias[3 * 16:4 * 16].zero_()
+        seen.clear()
+        decoder(feat)
+        assert torch.allclose(seen[0][:, 3], slots[0, 3].expand(6, -1))  # slot 3 no longer reads the state
+        assert not torch.allclose(seen[0][:, 4], slots[0, 4].expand(6, -1))
+        state_row = decoder.proj(feat.reshape(6, 7)).reshape(6, -1, 16)
     if state == "token":
         assert seen[0].shape == (6, TOKENS + 1, 16)
         assert torch.allclose(seen[0][:, :1], state_row) and torch.allclose(seen[0][:, 1:], slots.expand(6, -1, -1))
