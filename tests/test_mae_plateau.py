@@ -40,7 +40,7 @@ def test_a_few_updates_per_seed_give_one_curve_each_repeatably_and_leave_the_rep
     def run(out):
         code = mae_plateau.main(["--replay", str(tmp_path / "replay"), "--updates", "4", "--every", "2",
                                  "--seeds", "0", "1", "--below", "100", "--out", str(out), "--plot", "none",
-                                 "--variant", f"a: {TINY_MAE}", "--variant", f"b: {TINY_MAE} --mae.lr 1e-3"])
+                                 "--variant", f"a: {TINY_MAE}", "--variant", f"b: {TINY_MAE} --mae.lr 3e-3"])
         assert code == 0
         return json.loads(out.read_text())
 
