@@ -156,7 +156,7 @@ class WorldModelConfig:
     flat_width: int = MISSING  # MWM: flat ViT over the autoencoder's tokens
     flat_depth: int = MISSING
     flat_heads: int = MISSING
-    flat_pool: str = choice(ENCODER_POOLS)  # MWM: mean | attend: the posterior reads the tokens by cross-attention (not in the paper)
+    flat_pool: str = choice(ENCODER_POOLS)  # MWM: mean | attend: the posterior reads the tokens by cross-attention | slots: each token its own linear map into the embedding (both not in the paper)
     dec_width: int = MISSING
     dec_depth: int = MISSING
     dec_heads: int = MISSING

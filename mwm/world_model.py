@@ -47,7 +47,7 @@ def token_pos_embed(dim: int, num_tokens: int) -> torch.Tensor:
                     "use e.g. 65 (cls + 8x8) or 64")
 
 
-ENCODER_POOLS = ("mean", "attend")
+ENCODER_POOLS = ("mean", "attend", "slots")
 
 
 class FlatViTEncoder(nn.Module):
@@ -59,6 +59,13 @@ class FlatViTEncoder(nn.Module):
     (B, T, L * width), and the RSSM's posterior reads them by cross-attention from its
     deterministic state (:class:`mwm.rssm.RSSM`, ``embed_tokens``) beside their mean;
     :attr:`embed_tokens` tells the world model how many tokens the embedding holds.
+
+    ``pool="slots"`` (not in the paper; the mirror of :class:`TokenDecoder`'s ``slots``)
+    gives every output token its own linear map into the embedding (one (L * W, W)
+    projection): e = sum_i V_i x_i. The mean is the special case V_i = I / L, so where
+    the paddle is can reach the embedding through the token that shows it, instead of
+    surviving an average over all L. It costs L * W * W weights (65 x 32 x 32 = 67k at
+    the CPU size).
     """
 
     def __init__(self, token_dim: int = 256, num_tokens: int = 65, width: int = 128, depth: int = 2,
@@ -74,6 +81,7 @@ class FlatViTEncoder(nn.Module):
         self.proj = nn.Linear(token_dim, width)
         self.register_buffer("pos", token_pos_embed(width, num_tokens), persistent=False)  # (L, W)
         self.transformer = Transformer(width, depth, heads)
+        self.pool = nn.Linear(num_tokens * width, width) if pool == "slots" else None
 
     def token_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, L, Dt) -> the ViT's output tokens before pooling, (B*T, L, W)."""
@@ -84,9 +92,12 @@ class FlatViTEncoder(nn.Module):
         return self.transformer(x)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, L, Dt) -> (B, T, E): E = W (mean) or L * W (attend)."""
+        """(B, T, L, Dt) -> (B, T, E): E = W (mean, slots) or L * W (attend)."""
         x = self.token_features(tokens)  # (B*T, L, W)
-        x = x.flatten(1) if self.embed_tokens else x.mean(dim=1)  # (B*T, L*W) or (B*T, W)
+        if self.pool is not None:
+            x = self.pool(x.flatten(1))  # (B*T, W)
+        else:
+            x = x.flatten(1) if self.embed_tokens else x.mean(dim=1)  # (B*T, L*W) or (B*T, W)
         return x.reshape(*tokens.shape[:-2], self.out_dim)  # (B, T, E)
 
 

@@ -52,6 +52,17 @@ def test_flat_pool_attend_gives_the_posterior_every_token_of_the_representation(
         config.build("toy_catch", agent, "tiny", ["wm.flat_pool=max"])
 
 
+def test_flat_pool_slots_reaches_the_world_models_encoder():
+    """``--wm.flat_pool slots`` builds the encoder's per-token map into a flat_width embedding."""
+    from agents.registry import make_agent
+
+    cfg = config.build("toy_catch", "mwm", "tiny", ["wm.flat_pool=slots"])
+    built = make_agent(cfg, IMAGE, gym.spaces.Discrete(3), torch.device("cpu"))
+    assert built.wm.encoder.pool.in_features == 65 * cfg.wm.flat_width
+    assert built.wm.embed_dim == cfg.wm.flat_width and built.wm.rssm.embed_tokens == 0
+    built.close()
+
+
 def test_pixels_round_trip_and_read_no_parameters():
     cfg = config.build("toy_catch", "dreamerv2", "tiny")
     pixels = make_representation("pixels", cfg, (64, 64, 3), torch.device("cpu"))

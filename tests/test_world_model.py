@@ -301,3 +301,42 @@ def test_attend_pool_world_model_trains_the_attention_and_the_encoder():
     for name in ("rssm.post_query.weight", "rssm.post_attn.to_kv.weight", "encoder.proj.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_slots_pool_generalises_the_mean_and_reads_where_a_token_is():
+    """wm.flat_pool slots: one linear map per output token into a width-W embedding. With every
+    map I / L it is the mean pool exactly; a trained map can tell which position holds a
+    feature, which the mean of the same tokens cannot (the mean forgets the order)."""
+    torch.manual_seed(0)
+    mean = FlatViTEncoder(TOKEN_DIM, TOKENS, width=16, depth=1, heads=2)
+    slots = FlatViTEncoder(TOKEN_DIM, TOKENS, width=16, depth=1, heads=2, pool="slots")
+    missing = slots.load_state_dict(mean.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["pool.bias", "pool.weight"]
+    assert (slots.embed_tokens, slots.out_dim) == (0, 16)
+    with torch.no_grad():
+        slots.pool.weight.copy_(torch.eye(16).repeat(1, TOKENS) / TOKENS)  # (W, L*W): V_i = I / L
+        slots.pool.bias.zero_()
+    inputs = batch((TOKENS, TOKEN_DIM))["inputs"]
+    assert slots(inputs).shape == (B, T, 16)
+    assert torch.allclose(slots(inputs), mean(inputs), atol=1e-6)
+
+    # Order: the same output tokens at swapped positions have one mean but two slot embeddings.
+    features = torch.randn(1, TOKENS, 16)
+    swapped = features[:, torch.roll(torch.arange(TOKENS), 1)]
+    assert torch.allclose(features.mean(1), swapped.mean(1), atol=1e-6)
+    torch.nn.init.normal_(slots.pool.weight)
+    assert not torch.allclose(slots.pool(features.flatten(1)), slots.pool(swapped.flatten(1)), atol=1e-3)
+
+
+def test_slots_pool_world_model_trains_the_pool_and_keeps_the_embedding_width():
+    torch.manual_seed(0)
+    encoder = FlatViTEncoder(TOKEN_DIM, TOKENS, width=16, depth=1, heads=2, pool="slots")
+    decoder = TokenDecoder(rssm_feat_dim(RSSM), TOKEN_DIM, TOKENS, width=16, depth=1, heads=2)
+    model = WorldModel(encoder, decoder, encoder.out_dim, A, RSSM, head_layers=1, head_units=32)
+    assert model.rssm.embed_tokens == 0 and model.embed_dim == 16
+    data = batch((TOKENS, TOKEN_DIM))
+    total, _, _ = model.loss(data["inputs"], data["action"], data["reward"], data["is_first"], data["is_terminal"])
+    total.backward()
+    for name in ("encoder.pool.weight", "encoder.proj.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
