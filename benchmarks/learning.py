@@ -255,6 +255,10 @@ def train_run(args, agent: str, seed: int) -> dict:
         raise RunFailed(f"{agent} seed {seed}: mwm.train failed with exit status {code} (last line: {last[:200]}): "
                         f"see the full log in {log_path}")
     rows = read_metrics(logdir / "metrics.jsonl")
+    reached = max((int(row["step"]) for row in rows), default=0)
+    if reached < args.steps:  # mwm.train exits 0 when a signal stops it: its policy is not the final one
+        raise UserError(f"{agent} seed {seed}: training stopped at step {reached} of {args.steps} "
+                        f"(stopped by a signal?); run the same command again to resume it")
     evals = sorted({row["step"]: row["eval/return"] for row in rows if row.get("eval/return") is not None}.items())
     speeds = [row["speed/agent_steps_per_s"] for row in rows if row.get("speed/agent_steps_per_s")]
     minutes = training_minutes(log_path)  # a reused run's training time, not this call's

@@ -154,6 +154,24 @@ def test_a_crashed_training_run_is_one_line_naming_its_log(tmp_path, capsys, mon
     assert "exit status 1" in line and "RuntimeError: boom" in line and "train.log" in line
 
 
+def test_a_run_stopped_before_its_last_step_is_not_scored_as_final(tmp_path, capsys, monkeypatch):
+    """mwm.train exits 0 when a signal stops it; the benchmark must not play that policy as the
+    final one, but say where the run stopped and that the same command resumes it."""
+    def stopped(cmd, **kwargs):
+        logdir = Path(cmd[cmd.index("--logdir") + 1])
+        logdir.mkdir(parents=True, exist_ok=True)
+        (logdir / "metrics.jsonl").write_text(json.dumps({"step": 60, "eval/return": -1.0}) + "\n")
+        kwargs["stdout"].write(b"done: 60 agent steps | stopped by SIGINT\n")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(learning.subprocess, "run", stopped)
+    with pytest.raises(SystemExit) as exit_info:
+        learning.run_main(["--logdir", str(tmp_path), "--agents", "mwm", "--seeds", "0", *TINY])
+    assert exit_info.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert "stopped at step 60 of 120" in line and "run the same command again" in line, line
+
+
 def test_a_runs_minutes_are_its_training_sessions_not_the_call_that_reopened_it(tmp_path):
     log = tmp_path / "run.train.log"
     log.write_text("$ python -m mwm.train ...\n[####] 8000/8000\n"
