@@ -23,7 +23,8 @@ CPU cores, not one agent's preset forced on the others. On toy_catch (``--object
 Runs go to ``<logdir>/<env>-o<size>-<agent>-seed<seed>`` (console output beside it in
 ``<run>.train.log``); a run that finished is not
 trained again (it resumes at its last step and stops), so tables can be rebuilt and
-extended. Prints a table, writes JSON (``--out``) and a PNG of evaluation return over
+extended; one stopped early (Ctrl-C) is an error, not a result, until the same command
+resumes it. Prints a table, writes JSON (``--out``) and a PNG of evaluation return over
 agent steps with the final scores (``--plot``). Extra ``mwm.train`` flags for every
 agent go after ``--``. ``benchmarks/learning_sweep.py`` gathers the result files of
 several sizes (and of agents trained by separate commands) into one table and figure.
