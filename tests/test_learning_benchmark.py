@@ -141,16 +141,23 @@ def test_a_refused_training_run_is_one_line_and_exit_2(tmp_path, capsys):
     assert line.startswith("error: mwm seed 0: unknown config key 'no-such.key'"), line
 
 
+def _error_of_one_fake_run(fake_run, tmp_path, capsys, monkeypatch):
+    """The benchmark on one mwm seed whose mwm.train is ``fake_run``: its exit status and its
+    only line on stderr."""
+    monkeypatch.setattr(learning.subprocess, "run", fake_run)
+    with pytest.raises(SystemExit) as exit_info:
+        learning.run_main(["--logdir", str(tmp_path), "--agents", "mwm", "--seeds", "0", *TINY])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return exit_info.value.code, line
+
+
 def test_a_crashed_training_run_is_one_line_naming_its_log(tmp_path, capsys, monkeypatch):
     def crash(cmd, **kwargs):
         kwargs["stdout"].write(b"Traceback (most recent call last):\nRuntimeError: boom\n")
         return subprocess.CompletedProcess(cmd, 1)
 
-    monkeypatch.setattr(learning.subprocess, "run", crash)
-    with pytest.raises(SystemExit) as exit_info:
-        learning.run_main(["--logdir", str(tmp_path), "--agents", "mwm", "--seeds", "0", *TINY])
-    assert exit_info.value.code == 1
-    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    code, line = _error_of_one_fake_run(crash, tmp_path, capsys, monkeypatch)
+    assert code == 1
     assert "exit status 1" in line and "RuntimeError: boom" in line and "train.log" in line
 
 
@@ -164,11 +171,8 @@ def test_a_run_stopped_before_its_last_step_is_not_scored_as_final(tmp_path, cap
         kwargs["stdout"].write(b"done: 60 agent steps | stopped by SIGINT\n")
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(learning.subprocess, "run", stopped)
-    with pytest.raises(SystemExit) as exit_info:
-        learning.run_main(["--logdir", str(tmp_path), "--agents", "mwm", "--seeds", "0", *TINY])
-    assert exit_info.value.code == 2
-    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    code, line = _error_of_one_fake_run(stopped, tmp_path, capsys, monkeypatch)
+    assert code == 2
     assert "stopped at step 60 of 120" in line and "run the same command again" in line, line
 
 
