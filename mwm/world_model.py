@@ -94,10 +94,12 @@ class FlatViTEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, L, Dt) -> (B, T, E): E = W (mean, slots) or L * W (attend)."""
         x = self.token_features(tokens)  # (B*T, L, W)
-        if self.pool is not None:
+        if self.pool is not None:  # slots
             x = self.pool(x.flatten(1))  # (B*T, W)
-        else:
-            x = x.flatten(1) if self.embed_tokens else x.mean(dim=1)  # (B*T, L*W) or (B*T, W)
+        elif self.embed_tokens:  # attend
+            x = x.flatten(1)  # (B*T, L*W)
+        else:  # mean
+            x = x.mean(dim=1)  # (B*T, W)
         return x.reshape(*tokens.shape[:-2], self.out_dim)  # (B, T, E)
 
 
