@@ -452,13 +452,43 @@ def plot(result: dict, path: str) -> None:
     save_png(fig, path)
 
 
+def read_json(path) -> object:
+    """A saved JSON file, or one clear error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read the learning result {path} ({error}): pass the JSON that "
+                        "benchmarks/learning.py's --out wrote") from None
+
+
+def is_result(loaded) -> bool:
+    """Whether ``loaded`` is a result of this script (one setting, its agents and random baseline)."""
+    return isinstance(loaded, dict) and "agents" in loaded and "random" in loaded
+
+
+def is_sweep(loaded) -> bool:
+    """Whether ``loaded`` is a sweep benchmarks/learning_sweep.py saved (results of several settings)."""
+    return isinstance(loaded, dict) and "settings" in loaded and isinstance(loaded.get("results"), list)
+
+
+def read_result(path) -> dict:
+    """A result this script saved (its --out), or one clear error; a sweep of several settings
+    (benchmarks/learning_sweep.py) is shown by that script."""
+    loaded = read_json(path)
+    if is_sweep(loaded):
+        raise UserError(f"{path} is a sweep of several settings: show it with python benchmarks/learning_sweep.py {path}")
+    if not is_result(loaded):
+        raise UserError(f"{path} is not a result of benchmarks/learning.py: pass the JSON its --out wrote")
+    return loaded
+
+
 def main(argv=None) -> int:
     from mwm import config as config_lib
     from mwm.run_dir import env_kwargs
 
     args = parse_args(argv)
     if args.show:
-        result = json.loads(Path(args.show).read_text())
+        result = read_result(args.show)
         print_table(result)
         print("\n" + markdown_table(result))
         return 0

@@ -13,16 +13,18 @@ one figure:
 Every file must share one protocol (env, setting, steps, final episodes, extra flags,
 the random-policy prefill every agent started from, as each run's config records it,
 and each agent's mwm.train flags, where the file records them); the settings are the
-object size and the drift. Files of the same setting are merged,
-so agents trained by separate commands into one logdir (``--agents curl --out
-curl.json``, ``--agents mwm --out mwm.json``) make one column. Merging recomputes each agent's figure from its runs' final means (the mean of
-seed means with its 95% bootstrap interval, none from fewer than 3 seeds), exactly as
-one command over all the agents would. An agent found twice at one setting, or two
-files of one setting whose random-policy baselines differ (other seeds, episodes or
-env), is refused: their runs are not comparable. With ``--replace`` an agent found again at a
-setting keeps the runs of the file named last, so one command updates a saved sweep with a
-re-trained column (the example above); a file all of whose agents are replaced drops out,
-its random-policy baseline with it.
+object size and the drift. Files of the same setting are merged, so agents trained by
+separate commands into one logdir (``--agents curl --out curl.json``, ``--agents mwm --out
+mwm.json``) make one column, and so do seeds of one agent trained by separate commands
+(``--seeds 0 1 2 3``, later ``--seeds 4``). Merging recomputes each agent's figure from its
+runs' final means (the mean of seed means with its 95% bootstrap interval, none from fewer
+than 3 seeds), exactly as one command over all the agents would. One seed of an agent found
+twice at one setting, or two files of one setting whose random-policy baselines disagree
+(other episodes or env; a command of fewer seeds holds the first groups of one of more, and
+the longer is kept), is refused: their runs are not comparable. With ``--replace`` an agent
+found again at a setting keeps the runs of the file named last, so one command updates a
+saved sweep with a re-trained column (the example above); a file all of whose agents are
+replaced drops out, its random-policy baseline with it.
 
 Prints a table per agent and setting (Markdown too, for the docs) of final return and,
 for the Dreamer family, of their world models' open-loop reward correlation; writes the
@@ -97,28 +99,41 @@ def check_flags(result: dict, path: str, seen: dict) -> None:
                             "a sweep compares one setting of each agent; re-train with the same flags")
 
 
+def random_baseline(results: list, names: list) -> list:
+    """The random-policy seed means of one setting's files. A command seeds its random groups
+    by position (``learning.RANDOM_SEED`` + i), so a file of fewer seeds holds the first groups
+    of one of more: the longest is kept; files whose groups disagree are refused."""
+    longest = max((result["random"]["seed_means"] for result in results), key=len)
+    for result, name in zip(results, names):
+        mine = result["random"]["seed_means"]
+        if not np.allclose(mine, longest[:len(mine)]):
+            raise UserError(f"{names[0]} and {name} ({label(results[0])}) have different random-policy baselines "
+                            "(other episodes or env): train both with the same --random-episodes")
+    return longest
+
+
 def merge(results: list, names: list) -> dict:
     """One learning result from several files of the same setting (``names`` for errors):
-    the union of their runs, every agent's figure recomputed from its runs."""
+    the union of their runs, every agent's figure recomputed from its runs. An agent may come
+    from several files (seeds trained by separate commands), never with one seed twice."""
     first = results[0]
-    for result, name in zip(results[1:], names[1:]):
-        mine, want = result["random"]["seed_means"], first["random"]["seed_means"]
-        if len(mine) != len(want) or not np.allclose(mine, want):
-            raise UserError(f"{names[0]} and {name} ({label(first)}) have different random-policy baselines "
-                            "(other seeds or episodes): train both with the same --seeds and --random-episodes")
     runs, agents, seen = [], [], {}
     for result, name in zip(results, names):
         for agent in result["agents"]:
-            if agent in seen:
-                raise UserError(f"{agent} at {label(first)} is in both {seen[agent]} and {name}: pass one of "
-                                "them, or --replace to keep the one named last")
-            seen[agent] = name
-            agents.append(agent)
+            seeds = {run["seed"] for run in result["runs"] if run["agent"] == agent}
+            taken, where = seen.get(agent, (set(), None))
+            if taken & seeds:
+                raise UserError(f"{agent} at {label(first)} is in both {where} and {name} (seed "
+                                f"{', '.join(map(str, sorted(taken & seeds)))}): pass one of them, or --replace "
+                                "to keep the one named last")
+            if agent not in seen:
+                agents.append(agent)
+            seen[agent] = (taken | seeds, name)
         runs += result["runs"]
     args = SimpleNamespace(agents=agents, seeds=sorted({run["seed"] for run in runs}),
                            random_episodes=first["random_episodes_per_group"],
                            **{key: first[key] for key in SETTING_KEYS})
-    return learning.summarise(args, runs, first["random"]["seed_means"])
+    return learning.summarise(args, runs, random_baseline(results, names))
 
 
 def without(result: dict, agents: set) -> dict:
@@ -142,14 +157,9 @@ def sweep(paths: list, replace: bool = False) -> dict:
     by_setting: dict = {}
     flags_seen: dict = {}
     for path in paths:
-        try:
-            loaded = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as error:
-            raise UserError(f"cannot read the learning result {path} ({error}): pass files written by "
-                            "benchmarks/learning.py") from None
-        is_sweep = isinstance(loaded, dict) and "settings" in loaded and isinstance(loaded.get("results"), list)
-        for result in loaded["results"] if is_sweep else [loaded]:
-            if not isinstance(result, dict) or "agents" not in result or "random" not in result:
+        loaded = learning.read_json(path)
+        for result in loaded["results"] if learning.is_sweep(loaded) else [loaded]:
+            if not learning.is_result(result):
                 raise UserError(f"{path} is not a result of benchmarks/learning.py: pass the JSON its --out wrote")
             group = by_setting.setdefault(setting_of(result), [])
             if replace:

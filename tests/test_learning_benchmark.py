@@ -186,3 +186,20 @@ def test_a_runs_minutes_are_its_training_sessions_not_the_call_that_reopened_it(
                    "done: 8000 agent steps (8000 frames), 80 episodes, 7000 updates in 0:00:00 | no episode finished\n")
     assert learning.training_minutes(log) == pytest.approx(10.5 + 65.0)
     assert learning.training_minutes(tmp_path / "missing.log") is None
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "cannot read the learning result"),
+    ("{", "cannot read the learning result"),
+    ('{"settings": ["16 px"], "results": []}', "is a sweep of several settings: show it with python benchmarks/learning_sweep.py"),
+    ('{"env": "toy_catch"}', "is not a result of benchmarks/learning.py"),
+])
+def test_showing_a_file_that_is_not_a_saved_result_is_one_line_and_exit_2(tmp_path, capsys, content, says):
+    path = tmp_path / "result.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as stopped:
+        learning.run_main(["--show", str(path)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and "Traceback" not in err

@@ -15,19 +15,20 @@ RANDOM = [-1.0, -0.6, -0.8]
 
 
 def _result(tmp_path, name, agents: dict, size=16, drift=0.0, random=RANDOM, steps=8000, prefill=1000,
-            reward_corr: dict = None):
-    """A saved learning.py result of ``agents`` (agent -> final means by seed); ``reward_corr``:
-    agent -> its world models' open-loop reward correlation by seed (the Dreamer family's)."""
+            reward_corr: dict = None, first_seed=0):
+    """A saved learning.py result of ``agents`` (agent -> final means of seeds ``first_seed``,
+    ``first_seed`` + 1, ...); ``reward_corr``: agent -> its world models' open-loop reward
+    correlation by seed index (the Dreamer family's)."""
     argv = ["--agents", *agents, "--object-size", str(size), "--drift", str(drift), "--steps", str(steps),
-            "--prefill", str(prefill)]
+            "--prefill", str(prefill), "--seeds", *map(str, range(first_seed, first_seed + len(random)))]
     args = learning.parse_args(argv)
     runs = [{"agent": agent, "seed": seed, "final_mean": value, "agent_steps_per_s": 10.0, "minutes": 1.0,
              "evals": [[1000, value]], "prefill": prefill,
              "flags": learning.run_flags(learning.train_command(args, agent, seed, tmp_path / "run"))}
-            for agent, finals in agents.items() for seed, value in enumerate(finals)]
+            for agent, finals in agents.items() for seed, value in enumerate(finals, start=first_seed)]
     for run in runs:
         if run["agent"] in (reward_corr or {}):
-            run["world_model"] = {"reward_corr": reward_corr[run["agent"]][run["seed"]]}
+            run["world_model"] = {"reward_corr": reward_corr[run["agent"]][run["seed"] - first_seed]}
     path = tmp_path / name
     path.write_text(json.dumps(learning.summarise(args, runs, random)))
     return str(path)
@@ -67,6 +68,20 @@ def test_an_agent_found_twice_at_one_setting_is_refused(tmp_path):
     b = _result(tmp_path, "b.json", {"curl": [1.0, 1.0, 1.0]})
     with pytest.raises(UserError, match="curl at 16 px is in both .*a.json and .*b.json"):
         learning_sweep.sweep([a, b])
+
+
+def test_seeds_of_separate_commands_merge_into_the_figure_one_command_gives(tmp_path):
+    first = _result(tmp_path, "seeds0-3.json", {"mwm": [4.7, 4.9, 5.0, 4.9]}, random=RANDOM + [-0.2])
+    later = _result(tmp_path, "seed4.json", {"mwm": [1.0]}, random=RANDOM[:1], first_seed=4)
+    one = json.loads(Path(_result(tmp_path, "one.json", {"mwm": [4.7, 4.9, 5.0, 4.9, 1.0]},
+                                  random=RANDOM + [-0.2])).read_text())
+    merged = learning_sweep.sweep([first, later])["results"][0]
+    assert merged["seeds"] == [0, 1, 2, 3, 4]
+    assert merged["agents"]["mwm"]["n"] == 5
+    assert merged["agents"]["mwm"]["mean"] == pytest.approx(one["agents"]["mwm"]["mean"])
+    assert merged["agents"]["mwm"]["ci95"] == pytest.approx(one["agents"]["mwm"]["ci95"])
+    # the one-seed command's random group is the first of the four-seed command's: the four are kept
+    assert merged["random"]["seed_means"] == pytest.approx(RANDOM + [-0.2])
 
 
 def test_results_with_different_random_baselines_are_not_merged(tmp_path):
@@ -181,9 +196,9 @@ def test_replace_keeps_the_agents_of_the_file_named_last(tmp_path):
 
 
 def test_replacing_every_agent_of_a_file_drops_its_random_baseline(tmp_path):
-    old = _result(tmp_path, "old.json", {"mwm": [0.0, -2.0, 2.5]})
+    old = _result(tmp_path, "old.json", {"mwm": [0.0, -2.0, 2.5]}, random=[-2.0, -2.0, -2.0])  # other episodes
     new = _result(tmp_path, "new.json", {"mwm": [3.0, 4.0, 5.0, 4.5]}, random=RANDOM + [-0.4])  # 4 seeds
-    with pytest.raises(UserError, match="different random-policy baselines"):
+    with pytest.raises(UserError, match="mwm at 16 px is in both .*old.json and .*new.json \\(seed 0, 1, 2\\)"):
         learning_sweep.sweep([old, new])
     merged = learning_sweep.sweep([old, new], replace=True)["results"][0]
     assert merged["random"]["seed_means"] == RANDOM + [-0.4]
