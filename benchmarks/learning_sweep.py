@@ -23,8 +23,9 @@ twice at one setting, or two files of one setting whose random-policy baselines 
 (other episodes or env; a command of fewer seeds holds the first groups of one of more, and
 the longer is kept), is refused: their runs are not comparable. With ``--replace`` an agent
 found again at a setting keeps the runs of the file named last, so one command updates a
-saved sweep with a re-trained column (the example above); a file all of whose agents are
-replaced drops out, its random-policy baseline with it.
+saved sweep with a re-trained column (the example above), one whose mwm.train flags differ
+once it replaces the old at every setting; a file all of whose agents are replaced drops
+out, its random-policy baseline with it.
 
 Prints a table per agent and setting (Markdown too, for the docs) of final return and,
 for the Dreamer family, of their world models' open-loop reward correlation; writes the
@@ -155,7 +156,6 @@ def sweep(paths: list, replace: bool = False) -> dict:
     smallest. A file is a result of ``learning.py`` or a sweep this script saved. With
     ``replace``, an agent found again at a setting keeps the runs of the file read last."""
     by_setting: dict = {}
-    flags_seen: dict = {}
     for path in paths:
         loaded = learning.read_json(path)
         for result in loaded["results"] if learning.is_sweep(loaded) else [loaded]:
@@ -165,14 +165,18 @@ def sweep(paths: list, replace: bool = False) -> dict:
             if replace:
                 group[:] = replace_earlier(group, result)
             group.append((result, str(path)))
-            first, first_path = next(group for group in by_setting.values() if group)[0]
-            for key in PROTOCOL_KEYS:
-                if result.get(key) != first.get(key):
-                    raise UserError(f"{first_path} and {path} differ in {key} ({first.get(key)} vs "
-                                    f"{result.get(key)}): a sweep compares object sizes and drift under one "
-                                    "protocol; pass files of one")
-            check_prefill(result, str(path), first, first_path)
-            check_flags(result, str(path), flags_seen)
+    # checked on what is kept: a replaced column's runs no longer count
+    kept = [(result, path) for group in by_setting.values() for result, path in group]
+    first, first_path = kept[0]
+    flags_seen: dict = {}
+    for result, path in kept:
+        for key in PROTOCOL_KEYS:
+            if result.get(key) != first.get(key):
+                raise UserError(f"{first_path} and {path} differ in {key} ({first.get(key)} vs "
+                                f"{result.get(key)}): a sweep compares object sizes and drift under one "
+                                "protocol; pass files of one")
+        check_prefill(result, path, first, first_path)
+        check_flags(result, path, flags_seen)
     merged = [merge([r for r, _ in group], [n for _, n in group]) for group in by_setting.values()]
     merged.sort(key=lambda r: (r.get("drift") or 0.0, -(r.get("object_size") or 0)))
     return {"settings": [label(r) for r in merged], "results": merged}

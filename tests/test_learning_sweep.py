@@ -161,6 +161,24 @@ def test_an_agent_that_ran_with_other_flags_at_another_size_is_refused(tmp_path,
     assert learning_sweep.sweep([mwm16, changed])["settings"] == ["16 px", "4 px"]
 
 
+def test_replace_takes_a_column_retrained_with_other_flags_at_every_size(tmp_path, monkeypatch):
+    """A new setting of an agent replaces its old row once it is re-trained at every size; while
+    one size still holds the old setting's runs the row would mix two algorithms, and is refused."""
+    old = [_result(tmp_path, f"old{size}.json", {"curl": [2.0, 1.8, 4.0], "mwm": [0.0, -2.0, 2.5]}, size=size)
+           for size in (16, 8)]
+    saved = tmp_path / "sweep.json"
+    learning_sweep.main([*old, "--out", str(saved)])
+    preset, flags = learning.SETTINGS["cpu"]["mwm"]
+    monkeypatch.setitem(learning.SETTINGS["cpu"], "mwm", (preset, [*flags, "--wm.flat_pool", "attend"]))
+    new16 = _result(tmp_path, "new16.json", {"mwm": [4.0, 4.4, 5.0]}, size=16)
+    new8 = _result(tmp_path, "new8.json", {"mwm": [2.0, -1.1, -0.3]}, size=8)
+    with pytest.raises(UserError, match=r"mwm ran with other mwm.train flags .*\(--wm.flat_pool\)"):
+        learning_sweep.sweep([str(saved), new16], replace=True)  # 8 px still holds the old mwm
+    swept = learning_sweep.sweep([str(saved), new16, new8], replace=True)
+    assert [r["agents"]["mwm"]["seed_means"] for r in swept["results"]] == [[4.0, 4.4, 5.0], [2.0, -1.1, -0.3]]
+    assert [r["agents"]["curl"]["seed_means"] for r in swept["results"]] == [[2.0, 1.8, 4.0]] * 2
+
+
 def test_the_world_models_reward_correlation_is_a_second_table_and_panel_row(tmp_path, capsys):
     """Where the Dreamer agents' world models stop predicting reward as the object shrinks is
     the sweep's other question: their open-loop reward correlation by size, its own table
