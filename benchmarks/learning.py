@@ -132,7 +132,8 @@ def parse_args(argv=None):
     p.add_argument("--plot", help="PNG of eval return over steps (default <logdir>/learning.png; 'none' for no plot)")
     p.add_argument("--show", metavar="JSON",
                    help="train nothing: print the table (and a Markdown table) of a saved result, e.g. "
-                        "docs/results/learning-toy_catch-16px.json")
+                        "docs/results/learning-toy_catch-16px.json, or of a one-setting merge that "
+                        "learning_sweep.py saved; with --plot, draw its figure too")
     p.add_argument("overrides", nargs="*", help="extra flags for mwm.train, after --, e.g. -- --mae.mask_ratio 0.9")
     args = p.parse_args(argv)
     if min(args.jobs, args.threads, args.final_episodes, args.random_episodes, args.steps) < 1:
@@ -141,7 +142,8 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"unknown agents {unknown}: use {sorted(SETTINGS[args.setting])}")
     args.out = args.out or str(Path(args.logdir) / "learning.json")
-    args.plot = args.plot or str(Path(args.logdir) / "learning.png")
+    if not args.show:  # a shown result is drawn only where --plot says
+        args.plot = args.plot or str(Path(args.logdir) / "learning.png")
     return args
 
 
@@ -435,7 +437,7 @@ def plot(result: dict, path: str) -> None:
     low, high = random["ci95"] or (min(random["seed_means"]), max(random["seed_means"]))
     curves.axhspan(low, high, color="grey", alpha=0.3, label="random policy")
     curves.set(xlabel="agent steps", ylabel="eval return (higher is better)",
-               title=f"{result['env']} {result['object_size'] or ''} px: eval return over training")
+               title=f"{result['env']} {result['object_size'] or ''} px, {result['steps']:,} steps: eval return")
     curves.legend(fontsize=8)
     names = [*result["agents"], "random"]
     groups = [*result["agents"].values(), random]
@@ -475,7 +477,9 @@ def read_result(path) -> dict:
     """A result this script saved (its --out), or one clear error; a sweep of several settings
     (benchmarks/learning_sweep.py) is shown by that script."""
     loaded = read_json(path)
-    if is_sweep(loaded):
+    if is_sweep(loaded) and len(loaded["results"]) == 1:
+        loaded = loaded["results"][0]  # one setting merged from several files: one result
+    elif is_sweep(loaded):
         raise UserError(f"{path} is a sweep of several settings: show it with python benchmarks/learning_sweep.py {path}")
     if not is_result(loaded):
         raise UserError(f"{path} is not a result of benchmarks/learning.py: pass the JSON its --out wrote")
@@ -491,6 +495,8 @@ def main(argv=None) -> int:
         result = read_result(args.show)
         print_table(result)
         print("\n" + markdown_table(result))
+        if args.plot and args.plot != "none":
+            plot(result, args.plot)
         return 0
     order = [(agent, seed) for seed in args.seeds for agent in args.agents]  # every agent's first seeds first
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

@@ -308,7 +308,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="JSON files written by benchmarks/learning.py (its --out)")
     p.add_argument("--out", help="merged sweep as JSON")
-    p.add_argument("--plot", help="PNG of final return against object size")
+    p.add_argument("--plot", help="PNG of final return against object size (none by default; 'none' as in "
+                                  "learning.py)")
     p.add_argument("--replace", action="store_true",
                    help="an agent found again at a setting keeps the runs of the file named last "
                         "(update a saved sweep with a re-trained column) instead of being refused")
@@ -325,7 +326,7 @@ def main(argv=None) -> int:
     if args.out:
         atomic_write_text(args.out, json.dumps(learning.to_json(swept), indent=2))
         print(f"json: {args.out}")
-    if args.plot:
+    if args.plot and args.plot != "none":
         save_png(figure(swept), args.plot)
     return 0
 

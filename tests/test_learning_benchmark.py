@@ -50,6 +50,23 @@ def test_a_saved_result_rebuilds_its_table_without_training(tmp_path, capsys):
     assert not (tmp_path / "none").exists()  # nothing trained, nothing written
 
 
+def test_a_one_setting_merge_is_shown_and_drawn_like_a_result(tmp_path, capsys):
+    """learning_sweep.py saves seeds or agents of separate commands merged at one setting as a
+    sweep of one result; --show prints it as a learning result, and draws it where --plot says."""
+    args = learning.parse_args(["--agents", "mwm", "curl"])
+    runs = _runs("mwm", [4.0, 4.5, 5.0]) + _runs("curl", [2.0, 2.2, 3.0])
+    for run in runs:
+        run["evals"] = [[1000, -1.0], [2000, run["final_mean"]]]
+    saved = tmp_path / "merged.json"
+    saved.write_text(json.dumps({"settings": ["16 px"], "results": [learning.summarise(args, runs, [-1.0, -0.6, -0.8])]}))
+    assert learning.main(["--show", str(saved)]) == 0
+    assert "| mwm | **+4.50** [" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == [saved]  # no --plot: nothing drawn
+    figure = tmp_path / "merged.png"
+    assert learning.main(["--show", str(saved), "--plot", str(figure)]) == 0
+    assert figure.read_bytes().startswith(b"\x89PNG")
+
+
 def test_overrides_replace_a_settings_flags_instead_of_repeating_them():
     args = learning.parse_args(["--", "--replay.batch", "2", "--ac.entropy", "1e-4"])
     cmd = learning.train_command(args, "mwm", 0, Path("x"))
@@ -191,7 +208,7 @@ def test_a_runs_minutes_are_its_training_sessions_not_the_call_that_reopened_it(
 @pytest.mark.parametrize("content, says", [
     (None, "cannot read the learning result"),
     ("{", "cannot read the learning result"),
-    ('{"settings": ["16 px"], "results": []}', "is a sweep of several settings: show it with python benchmarks/learning_sweep.py"),
+    ('{"settings": ["16 px", "8 px"], "results": [{}, {}]}', "is a sweep of several settings: show it with python benchmarks/learning_sweep.py"),
     ('{"env": "toy_catch"}', "is not a result of benchmarks/learning.py"),
 ])
 def test_showing_a_file_that_is_not_a_saved_result_is_one_line_and_exit_2(tmp_path, capsys, content, says):

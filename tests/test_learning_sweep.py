@@ -91,7 +91,7 @@ def test_results_with_different_random_baselines_are_not_merged(tmp_path):
         learning_sweep.sweep([a, b])
 
 
-def test_the_figure_plots_each_agents_mean_against_object_size(tmp_path, capsys):
+def test_the_figure_plots_each_agents_mean_against_object_size(tmp_path, capsys, monkeypatch):
     files = [_result(tmp_path, f"o{size}.json", {"curl": finals}, size=size)
              for size, finals in ((16, [2.0, 1.8, 4.0]), (4, [0.0, 0.5, -0.5]))]
     fig = learning_sweep.figure(learning_sweep.sweep(files))
@@ -105,6 +105,9 @@ def test_the_figure_plots_each_agents_mean_against_object_size(tmp_path, capsys)
     assert "| curl | +2.60 [" in capsys.readouterr().out
     again = learning_sweep.sweep([str(out)])  # a saved sweep reads back as its settings
     assert again["settings"] == ["16 px", "4 px"] and again["results"][0]["agents"]["curl"]["mean"] == pytest.approx(2.6)
+    monkeypatch.chdir(tmp_path)
+    assert learning_sweep.main([*files, "--plot", "none"]) == 0  # as in learning.py: no figure, no file 'none'
+    assert not (tmp_path / "none").exists()
 
 
 def test_a_file_that_is_not_a_learning_result_is_one_clear_error(tmp_path):
