@@ -27,7 +27,7 @@ extended; one stopped early (Ctrl-C) is an error, not a result, until the same c
 resumes it. Prints a table, writes JSON (``--out``) and a PNG of evaluation return over
 agent steps with the final scores (``--plot``). Extra ``mwm.train`` flags for every
 agent go after ``--``. ``benchmarks/learning_sweep.py`` gathers the result files of
-several sizes (and of agents trained by separate commands) into one table and figure.
+several sizes (and of agents or seeds trained by separate commands) into one table and figure.
 """
 
 from __future__ import annotations
