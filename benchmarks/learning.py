@@ -463,27 +463,36 @@ def read_json(path) -> object:
                         "benchmarks/learning.py's --out wrote") from None
 
 
-def is_result(loaded) -> bool:
-    """Whether ``loaded`` is a result of this script (one setting, its agents and random baseline)."""
-    return isinstance(loaded, dict) and "agents" in loaded and "random" in loaded
-
-
 def is_sweep(loaded) -> bool:
     """Whether ``loaded`` is a sweep benchmarks/learning_sweep.py saved (results of several settings)."""
     return isinstance(loaded, dict) and "settings" in loaded and isinstance(loaded.get("results"), list)
 
 
-def read_result(path) -> dict:
-    """A result this script saved (its --out), or one clear error; a sweep of several settings
-    (benchmarks/learning_sweep.py) is shown by that script."""
-    loaded = read_json(path)
-    if is_sweep(loaded) and len(loaded["results"]) == 1:
-        loaded = loaded["results"][0]  # one setting merged from several files: one result
-    elif is_sweep(loaded):
-        raise UserError(f"{path} is a sweep of several settings: show it with python benchmarks/learning_sweep.py {path}")
-    if not is_result(loaded):
+def results_in(loaded, path) -> list:
+    """The learning results a file loaded from ``path`` holds: a sweep's, or the one result of
+    this script's --out; one clear error where it holds none."""
+    results = loaded["results"] if is_sweep(loaded) else [loaded]
+    if not results:
+        raise UserError(f"{path} holds no learning result: pass the JSON that the --out of benchmarks/learning.py "
+                        "or learning_sweep.py wrote")
+    return results
+
+
+def check_result(result, path) -> dict:
+    """``result`` if it is a result of this script (one setting, its agents and random baseline),
+    else one clear error naming ``path``, the file it came from."""
+    if not (isinstance(result, dict) and "agents" in result and "random" in result):
         raise UserError(f"{path} is not a result of benchmarks/learning.py: pass the JSON its --out wrote")
-    return loaded
+    return result
+
+
+def read_result(path) -> dict:
+    """A result this script saved (its --out), or one setting merged by learning_sweep.py, or one
+    clear error; a sweep of several settings is shown by that script."""
+    results = results_in(read_json(path), path)
+    if len(results) > 1:
+        raise UserError(f"{path} is a sweep of several settings: show it with python benchmarks/learning_sweep.py {path}")
+    return check_result(results[0], path)
 
 
 def main(argv=None) -> int:

@@ -157,10 +157,8 @@ def sweep(paths: list, replace: bool = False) -> dict:
     ``replace``, an agent found again at a setting keeps the runs of the file read last."""
     by_setting: dict = {}
     for path in paths:
-        loaded = learning.read_json(path)
-        for result in loaded["results"] if learning.is_sweep(loaded) else [loaded]:
-            if not learning.is_result(result):
-                raise UserError(f"{path} is not a result of benchmarks/learning.py: pass the JSON its --out wrote")
+        for result in learning.results_in(learning.read_json(path), path):
+            learning.check_result(result, path)
             group = by_setting.setdefault(setting_of(result), [])
             if replace:
                 group[:] = replace_earlier(group, result)

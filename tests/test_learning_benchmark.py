@@ -210,6 +210,7 @@ def test_a_runs_minutes_are_its_training_sessions_not_the_call_that_reopened_it(
     ("{", "cannot read the learning result"),
     ('{"settings": ["16 px", "8 px"], "results": [{}, {}]}', "is a sweep of several settings: show it with python benchmarks/learning_sweep.py"),
     ('{"env": "toy_catch"}', "is not a result of benchmarks/learning.py"),
+    ('{"settings": [], "results": []}', "holds no learning result"),
 ])
 def test_showing_a_file_that_is_not_a_saved_result_is_one_line_and_exit_2(tmp_path, capsys, content, says):
     path = tmp_path / "result.json"
